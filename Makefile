@@ -1,0 +1,22 @@
+# The two commands of the README. Both install what they need first (.ci/setup).
+#   make book  -- execute every chapter in the default profile and render _build/html
+#   make test  -- unit tests, every chapter under nbval (smoke profile), book build with -W
+SHELL := /bin/bash
+PY = $$(cat .regvit-python)
+BIN = $$(dirname $$(cat .regvit-python))
+
+.PHONY: setup book test clean
+
+setup:
+	@bash .ci/setup
+
+book: setup
+	PATH="$(BIN):$$PATH" "$(BIN)/jupyter-book" build .
+
+test: setup
+	PATH="$(BIN):$$PATH" $(PY) -m pytest tests
+	PATH="$(BIN):$$PATH" REGVIT_PROFILE=smoke $(PY) -m pytest --nbval chapters
+	PATH="$(BIN):$$PATH" REGVIT_PROFILE=smoke "$(BIN)/jupyter-book" build --warningiserror --keep-going .
+
+clean:
+	rm -rf _build

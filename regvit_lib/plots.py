@@ -1,0 +1,116 @@
+"""Figures. Each function takes data from the library and returns a matplotlib Figure.
+
+Only this module imports matplotlib. Nothing here calls ``plt.show``; a chapter displays or
+glues the returned figure, and ``fig.savefig("x.pdf")`` gives a thesis-ready vector file.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from torch import Tensor
+
+from .config import ModelConfig
+
+__all__ = ["use_style", "TOKEN_COLORS", "patch_grid", "token_layout", "register_overhead"]
+
+# One colour per token kind, used by every figure of the book.
+TOKEN_COLORS = {"cls": "#d62728", "reg": "#2ca02c", "patch": "#1f77b4"}
+
+
+def use_style() -> None:
+    """The book's one matplotlib theme."""
+    plt.rcParams.update(
+        {
+            "figure.dpi": 110,
+            "savefig.dpi": 200,
+            "savefig.bbox": "tight",
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+            "font.size": 10,
+            "axes.titlesize": 11,
+            "legend.frameon": False,
+        }
+    )
+
+
+def patch_grid(image: Tensor, patch_size: int, ax: plt.Axes | None = None) -> Figure:
+    """An image ``(3, H, W)`` or ``(1, 3, H, W)`` with its patch grid and patch indices drawn on."""
+    img = image.squeeze(0).permute(1, 2, 0).detach().cpu().numpy()
+    H, W = img.shape[:2]
+    fig, ax = _fig_ax(ax, (4.2, 4.2))
+    ax.imshow(img, extent=(0, W, H, 0))
+    ax.grid(False)
+    for t in range(patch_size, W, patch_size):
+        ax.axvline(t, color="white", lw=0.8)
+    for t in range(patch_size, H, patch_size):
+        ax.axhline(t, color="white", lw=0.8)
+    g = W // patch_size
+    if g <= 16:
+        for i in range(g * (H // patch_size)):
+            r, c = divmod(i, g)
+            ax.text((c + 0.5) * patch_size, (r + 0.5) * patch_size, str(i + 1), color="white",
+                    ha="center", va="center", fontsize=max(5, 9 - g // 3))
+    ax.set_title(f"{H}×{W} px → {g * (H // patch_size)} patches of {patch_size}×{patch_size}")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return fig
+
+
+def token_layout(cfg: ModelConfig, max_patches: int = 12, ax: plt.Axes | None = None) -> Figure:
+    """The input sequence of a ViT: [CLS], registers (no position) and patches (+ position)."""
+    kinds = ["cls"] * int(cfg.class_token) + ["reg"] * cfg.num_registers
+    shown = min(cfg.num_patches, max_patches)
+    kinds += ["patch"] * shown
+    fig, ax = _fig_ax(ax, (max(6.0, 0.55 * (len(kinds) + 2)), 1.9))
+    labels = {"cls": "[CLS]", "reg": "reg", "patch": "patch"}
+    x = 0.0
+    for i, kind in enumerate(kinds):
+        ax.add_patch(Rectangle((x, 0), 0.9, 1, color=TOKEN_COLORS[kind], alpha=0.85))
+        n = i - len(kinds) + shown + 1 if kind == "patch" else (i + 1 - int(cfg.class_token))
+        text = labels[kind] if kind == "cls" else f"{labels[kind]}\n{n}"
+        ax.text(x + 0.45, 0.5, text, ha="center", va="center", color="white", fontsize=7)
+        ax.text(x + 0.45, -0.35, "+pos" if kind == "patch" else "no pos", ha="center", fontsize=6)
+        x += 1.0
+    if shown < cfg.num_patches:
+        ax.text(x + 0.3, 0.5, f"… {cfg.num_patches} patches in all", va="center", fontsize=8)
+        x += 3.0
+    ax.set_xlim(-0.2, x + 0.2)
+    ax.set_ylim(-0.6, 1.2)
+    ax.axis("off")
+    ax.set_title(
+        f"{cfg.num_tokens} tokens = {int(cfg.class_token)} [CLS] + {cfg.num_registers} registers "
+        f"+ {cfg.num_patches} patches"
+    )
+    return fig
+
+
+def register_overhead(table: pd.DataFrame, paper: dict[int, float] | None = None,
+                      ax: plt.Axes | None = None) -> Figure:
+    """FLOPs overhead (%) against the number of registers, one line per model.
+
+    Args:
+        table: output of :func:`regvit_lib.flops.register_overhead_table`.
+        paper: the paper's stated overheads, {registers: percent}, drawn as markers.
+    """
+    fig, ax = _fig_ax(ax, (5.0, 3.4))
+    for model, rows in table.groupby("model", sort=False):
+        ax.plot(rows["registers"], rows["flops_overhead_pct"], marker="o", label=model)
+    if paper:
+        ax.scatter(list(paper), list(paper.values()), marker="x", s=60, color="black", zorder=5,
+                   label="paper (App. B, bound)")
+    ax.set_xlabel("number of registers")
+    ax.set_ylabel("extra forward FLOPs (%)")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _fig_ax(ax: plt.Axes | None, size: tuple[float, float]) -> tuple[Figure, plt.Axes]:
+    if ax is not None:
+        return ax.figure, ax
+    fig, new_ax = plt.subplots(figsize=size, layout="constrained")
+    return fig, new_ax

@@ -1,0 +1,87 @@
+import dataclasses
+
+import pytest
+
+from regvit_lib import PROFILES, ConfigError, ModelConfig, default_profile_name, get_profile, vit_config
+from regvit_lib.config import PROFILE_ENV_VAR, Profile
+
+
+def test_profiles_are_frozen_and_named() -> None:
+    assert set(PROFILES) == {"smoke", "cpu", "gpu"}
+    for name, prof in PROFILES.items():
+        assert prof.name == name and get_profile(name) is prof
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            prof.seed = 1  # type: ignore[misc]
+    # the smoke model is the smallest: CI must stay fast
+    sizes = {n: p.model.embed_dim * p.model.depth * p.model.num_tokens for n, p in PROFILES.items()}
+    assert sizes["smoke"] < sizes["cpu"] < sizes["gpu"]
+
+
+def test_unknown_profile_names_the_value() -> None:
+    with pytest.raises(ConfigError, match=r"unknown profile 'laptop'.*\['cpu', 'gpu', 'smoke'\]"):
+        get_profile("laptop")
+
+
+def test_default_profile_comes_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(PROFILE_ENV_VAR, raising=False)
+    assert default_profile_name() == "cpu"
+    monkeypatch.setenv(PROFILE_ENV_VAR, "smoke")
+    assert default_profile_name() == "smoke"
+    monkeypatch.setenv(PROFILE_ENV_VAR, "huge")
+    with pytest.raises(ConfigError, match=r"REGVIT_PROFILE='huge'"):
+        default_profile_name()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_registers=-1), r"num_registers must be >= 0, got -1"),
+        (dict(img_size=30, patch_size=4), r"img_size=30 is not divisible by patch_size=4"),
+        (dict(depth=0), r"depth must be >= 1, got 0"),
+        (dict(depth=-3), r"depth must be >= 1, got -3"),
+        (dict(num_heads=0), r"num_heads must be >= 1, got 0"),
+        (dict(embed_dim=64, num_heads=6), r"embed_dim=64 is not divisible by num_heads=6"),
+        (dict(embed_dim=0), r"embed_dim must be >= 1, got 0"),
+        (dict(patch_size=0), r"patch_size must be >= 1, got 0"),
+        (dict(num_registers=2.0), r"num_registers must be an integer, got 2.0"),
+        (dict(depth=True), r"depth must be an integer, got True"),
+        (dict(global_pool="max"), r"global_pool must be one of \('token', 'avg'\), got 'max'"),
+        (dict(mlp="relu"), r"mlp must be one of"),
+        (dict(class_token=False), r"global_pool='token' needs class_token=True"),
+        (dict(mlp_ratio=0), r"mlp_ratio must be > 0, got 0"),
+        (dict(drop_path_rate=1.0), r"drop_path_rate must be in \[0, 1\), got 1.0"),
+        (dict(layer_scale_init=0.0), r"layer_scale_init must be > 0 or None, got 0.0"),
+        (dict(mlp="swiglu", embed_dim=3, num_heads=1, mlp_ratio=1.0), r"must be even"),
+    ],
+)
+def test_bad_model_values_are_refused_by_name(kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig(**kwargs)
+
+
+def test_replace_validates_too() -> None:
+    cfg = get_profile("smoke").model
+    with pytest.raises(ConfigError, match="num_registers must be >= 0, got -4"):
+        dataclasses.replace(cfg, num_registers=-4)
+
+
+def test_derived_sizes() -> None:
+    cfg = ModelConfig(img_size=32, patch_size=4, num_registers=4)
+    assert (cfg.grid_size, cfg.num_patches, cfg.num_prefix_tokens, cfg.num_tokens) == (8, 64, 5, 69)
+    no_cls = ModelConfig(class_token=False, global_pool="avg", num_registers=2)
+    assert no_cls.num_prefix_tokens == 2
+
+
+def test_vit_sizes() -> None:
+    g = vit_config("g", num_registers=4)
+    assert (g.embed_dim, g.depth, g.num_heads, g.mlp, g.mlp_hidden_dim) == (1536, 40, 24, "swiglu", 8192)
+    assert g.num_tokens == 1 + 4 + 16 * 16
+    with pytest.raises(ConfigError, match=r"unknown ViT size 'XL'"):
+        vit_config("XL")
+    with pytest.raises(ConfigError, match=r"unknown ModelConfig field\(s\) \['regs'\]"):
+        vit_config("S", regs=4)
+
+
+def test_profile_seed_validated() -> None:
+    with pytest.raises(ConfigError, match="seed must be >= 0, got -1"):
+        Profile(name="x", description="", seed=-1)

@@ -1,6 +1,6 @@
 # The two commands of the README. Both install what they need first (.ci/setup).
 #   make book  -- execute every chapter in the default profile and render _build/html
-#   make test  -- unit tests, every chapter under nbval (smoke profile), book build with -W
+#   make test  -- type check, unit tests, every chapter under nbval (smoke), book build with -W
 SHELL := /bin/bash
 PY = $$(cat .regvit-python)
 BIN = $$(dirname $$(cat .regvit-python))
@@ -14,6 +14,7 @@ book: setup
 	PATH="$(BIN):$$PATH" "$(BIN)/jupyter-book" build .
 
 test: setup
+	$(PY) -m mypy regvit_lib
 	PATH="$(BIN):$$PATH" $(PY) -m pytest tests
 	PATH="$(BIN):$$PATH" REGVIT_PROFILE=smoke $(PY) -m pytest --nbval chapters
 	PATH="$(BIN):$$PATH" REGVIT_PROFILE=smoke "$(BIN)/jupyter-book" build --warningiserror --keep-going .

@@ -222,18 +222,20 @@ class RegViT(nn.Module):
         """
         embed = self.patch_embed(x)  # (B, N, D)
         x = self._pos_embed(embed)  # (B, T, D)
-        blocks, attns = [], []
+        blocks: list[Tensor] = []
+        attns: list[Tensor] = []
         for blk in self.blocks:
             x, attn = blk(x, return_attn)
             blocks.append(x)
-            attns.append(attn)
+            if attn is not None:
+                attns.append(attn)
         x = self.norm(x)
         out = {"tokens": x, **split_tokens(x, self.cfg.class_token, self.cfg.num_registers)}
         if return_blocks:
             out["embed"] = embed
             out["blocks"] = torch.stack(blocks, dim=1)  # (B, depth, T, D)
         if return_attn:
-            out["attn"] = torch.stack(attns, dim=1)  # type: ignore[arg-type]  # (B, depth, H, T, T)
+            out["attn"] = torch.stack(attns, dim=1)  # (B, depth, H, T, T)
         return out
 
     def pool(self, feats: dict[str, Tensor]) -> Tensor:

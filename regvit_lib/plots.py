@@ -111,6 +111,8 @@ def register_overhead(table: pd.DataFrame, paper: dict[int, float] | None = None
 
 def _fig_ax(ax: plt.Axes | None, size: tuple[float, float]) -> tuple[Figure, plt.Axes]:
     if ax is not None:
-        return ax.figure, ax
+        fig = ax.get_figure(root=True)
+        assert isinstance(fig, Figure)
+        return fig, ax
     fig, new_ax = plt.subplots(figsize=size, layout="constrained")
     return fig, new_ax

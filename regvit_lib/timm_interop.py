@@ -38,7 +38,7 @@ class TimmConversionError(ValueError):
     """The timm model uses a feature that :class:`RegViT` does not implement."""
 
 
-def _unsupported(model: "VisionTransformer") -> list[str]:
+def _unsupported(model: Any) -> list[str]:
     """Names of timm features, switched on in ``model``, that our ViT does not have."""
     from timm.layers import GluMlp, Mlp
 
@@ -51,7 +51,7 @@ def _unsupported(model: "VisionTransformer") -> list[str]:
         "dynamic_img_size": bool(getattr(model, "dynamic_img_size", False)),
         f"global_pool={model.global_pool!r}": model.global_pool not in ("token", "avg"),
     }
-    blk = model.blocks[0]
+    blk: Any = model.blocks[0]
     checks["q/k norm"] = not isinstance(blk.attn.q_norm, nn.Identity)
     checks["attention proj without bias"] = blk.attn.proj.bias is None
     mlp = blk.mlp
@@ -65,11 +65,14 @@ def _unsupported(model: "VisionTransformer") -> list[str]:
     return [name for name, on in checks.items() if on]
 
 
-def config_from_timm(model: "VisionTransformer") -> ModelConfig:
+def config_from_timm(model: Any) -> ModelConfig:
     """The :class:`ModelConfig` of an existing timm ``VisionTransformer``.
 
     ``layer_scale_init`` is recorded as 1e-5 when the model has LayerScale: only its
     presence matters for a model whose weights are then loaded.
+
+    Args:
+        model: a timm ``VisionTransformer`` (typed loosely: timm's attributes are dynamic).
 
     Raises:
         TimmConversionError: listing every feature of ``model`` our ViT does not implement.
@@ -79,7 +82,7 @@ def config_from_timm(model: "VisionTransformer") -> ModelConfig:
     bad = _unsupported(model)
     if bad:
         raise TimmConversionError(f"cannot convert this timm model; unsupported: {', '.join(bad)}")
-    blk = model.blocks[0]
+    blk: Any = model.blocks[0]
     img = model.patch_embed.img_size
     patch = model.patch_embed.patch_size
     if img[0] != img[1] or patch[0] != patch[1]:

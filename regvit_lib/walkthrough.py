@@ -10,12 +10,13 @@ not a toy.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import pandas as pd
 import torch
 from torch import Tensor
 
-from .model import RegViT
+from .model import Block, RegViT
 
 __all__ = ["Step", "patchify", "walkthrough", "steps_table"]
 
@@ -76,7 +77,9 @@ def walkthrough(model: RegViT, images: Tensor) -> list[Step]:
     steps.append(Step("flattened patches", "x_p¹ … x_pᴺ", xp))
     E = model.patch_embed.proj.weight.reshape(D, -1).T  # (P^2 C, D)
     steps.append(Step("projection matrix E", "E", E))
-    xE = xp @ E + model.patch_embed.proj.bias  # (B, N, D)
+    bias = model.patch_embed.proj.bias
+    assert bias is not None
+    xE = xp @ E + bias  # (B, N, D)
     _same("patch embedding", xE, model.patch_embed(images))
     steps.append(Step("patch embeddings", "x_p E", xE))
     steps.append(Step("position embedding", "E_pos", model.pos_embed))
@@ -85,7 +88,7 @@ def walkthrough(model: RegViT, images: Tensor) -> list[Step]:
     steps.append(Step("sequence [CLS; registers; patches]",
                       "z₀ = [x_cls; r₁ … r_R; x_p E + E_pos]", z0))
 
-    blk = model.blocks[0]
+    blk = cast(Block, model.blocks[0])
     h = blk.norm1(z0)
     steps.append(Step("LayerNorm (block 1)", "LN(z₀)", h))
     q, k, v = blk.attn.qkv(h).reshape(B, -1, 3, Hh, hd).permute(2, 0, 3, 1, 4).unbind(0)

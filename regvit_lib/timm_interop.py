@@ -51,7 +51,7 @@ def _unsupported(model: Any) -> list[str]:
         "dynamic_img_size": bool(getattr(model, "dynamic_img_size", False)),
         f"global_pool={model.global_pool!r}": model.global_pool not in ("token", "avg"),
     }
-    blk: Any = model.blocks[0]
+    blk = model.blocks[0]
     checks["q/k norm"] = not isinstance(blk.attn.q_norm, nn.Identity)
     checks["attention proj without bias"] = blk.attn.proj.bias is None
     mlp = blk.mlp
@@ -82,7 +82,7 @@ def config_from_timm(model: Any) -> ModelConfig:
     bad = _unsupported(model)
     if bad:
         raise TimmConversionError(f"cannot convert this timm model; unsupported: {', '.join(bad)}")
-    blk: Any = model.blocks[0]
+    blk = model.blocks[0]
     img = model.patch_embed.img_size
     patch = model.patch_embed.patch_size
     if img[0] != img[1] or patch[0] != patch[1]:

@@ -1,39 +1,19 @@
-"""Configuration: the model config, the named ViT sizes and the book's profiles.
+"""Configuration: the model config and the named ViT sizes.
 
 Everything that decides a computation lives in a frozen dataclass, so a config can be
 hashed, compared, printed and varied with :func:`dataclasses.replace`. Every value is
 checked when the object is made ("validated at the door"): a bad value raises
-:class:`ConfigError` naming the field and the value, before any compute starts.
-
-Profiles pick the scale of the whole book:
-
-* ``smoke`` -- seconds per chapter on 2 CPU cores; what CI and nbval run.
-* ``cpu``   -- the default on a laptop: the whole book in minutes.
-* ``gpu``   -- the published book, sized for one H100/H200.
-
-The default profile is read from the environment variable ``REGVIT_PROFILE`` (falling
-back to ``cpu``), because nbval cannot inject papermill parameters; papermill's
-``-p profile gpu`` overrides it in the chapter's parameters cell.
+:class:`ConfigError` naming the field and the value, before any compute starts. The data
+config lives in :mod:`regvit_lib.data`, the recipe in :mod:`regvit_lib.train`, and the book's
+profiles, which put the three together, in :mod:`regvit_lib.profiles`.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Literal, get_args
 
-__all__ = [
-    "ConfigError",
-    "ModelConfig",
-    "Profile",
-    "PROFILES",
-    "PROFILE_ENV_VAR",
-    "DEFAULT_PROFILE",
-    "VIT_SIZES",
-    "vit_config",
-    "get_profile",
-    "default_profile_name",
-]
+__all__ = ["ConfigError", "ModelConfig", "VIT_SIZES", "vit_config"]
 
 PoolKind = Literal["token", "avg"]
 MlpKind = Literal["gelu", "swiglu"]
@@ -184,74 +164,3 @@ def vit_config(size: str, **overrides: object) -> ModelConfig:
         raise ConfigError(f"unknown ModelConfig field(s) {sorted(unknown)}")
     kwargs.update(overrides)
     return ModelConfig(**kwargs)  # type: ignore[arg-type]
-
-
-@dataclass(frozen=True)
-class Profile:
-    """One scale of the whole book: the model every chapter studies, and the seed.
-
-    Later chapters add their data and training budgets here, so that a profile stays the
-    one place that decides how much compute the book spends.
-    """
-
-    name: str
-    description: str
-    model: ModelConfig = field(default_factory=ModelConfig)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        _check_int("seed", self.seed, 0)
-
-
-PROFILES: dict[str, Profile] = {
-    p.name: p
-    for p in (
-        Profile(
-            name="smoke",
-            description="CI and nbval: seconds per chapter on 2 CPU cores",
-            model=ModelConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2),
-        ),
-        Profile(
-            name="cpu",
-            description="a laptop (the default): the whole book in minutes on 2 cores",
-            model=ModelConfig(img_size=32, patch_size=4, embed_dim=128, depth=6, num_heads=4),
-        ),
-        Profile(
-            name="gpu",
-            description="the published book: one H100/H200",
-            model=ModelConfig(img_size=64, patch_size=4, embed_dim=384, depth=12, num_heads=6),
-        ),
-    )
-}
-
-PROFILE_ENV_VAR = "REGVIT_PROFILE"
-DEFAULT_PROFILE = "cpu"
-
-
-def get_profile(name: str) -> Profile:
-    """Look a profile up by name.
-
-    Args:
-        name: ``smoke``, ``cpu`` or ``gpu``.
-
-    Raises:
-        ConfigError: for any other name, listing the known ones.
-    """
-    if name not in PROFILES:
-        raise ConfigError(f"unknown profile {name!r}; known profiles: {sorted(PROFILES)}")
-    return PROFILES[name]
-
-
-def default_profile_name() -> str:
-    """The profile a chapter runs when nobody injects one: ``$REGVIT_PROFILE`` or ``cpu``.
-
-    Raises:
-        ConfigError: when the environment variable names no known profile.
-    """
-    name = os.environ.get(PROFILE_ENV_VAR, DEFAULT_PROFILE).strip()
-    if name not in PROFILES:
-        raise ConfigError(
-            f"environment variable {PROFILE_ENV_VAR}={name!r} names no profile; "
-            f"known profiles: {sorted(PROFILES)}"
-        )
-    return name

@@ -13,8 +13,10 @@ from matplotlib.patches import Rectangle
 from torch import Tensor
 
 from .config import ModelConfig
+from .data import SceneBatch
 
-__all__ = ["use_style", "TOKEN_COLORS", "patch_grid", "token_layout", "register_overhead"]
+__all__ = ["use_style", "TOKEN_COLORS", "patch_grid", "token_layout", "register_overhead",
+           "scenes_grid", "scene_labels", "training_curves"]
 
 # One colour per token kind, used by every figure of the book.
 TOKEN_COLORS = {"cls": "#d62728", "reg": "#2ca02c", "patch": "#1f77b4"}
@@ -106,6 +108,93 @@ def register_overhead(table: pd.DataFrame, paper: dict[int, float] | None = None
     ax.set_xlabel("number of registers")
     ax.set_ylabel("extra forward FLOPs (%)")
     ax.legend(fontsize=8)
+    return fig
+
+
+def _image(ax: plt.Axes, img: Tensor) -> None:
+    ax.imshow(img.permute(1, 2, 0).clamp(0, 1).cpu().numpy(), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+
+
+def scenes_grid(batches: dict[str, SceneBatch], class_names: list[str], cols: int = 6) -> Figure:
+    """Rows of scenes, one row per named batch (e.g. one per background kind), titled by class.
+
+    Args:
+        batches: row name -> rendered scenes (the first ``cols`` of each are shown).
+        class_names: the name of each class index, for the titles.
+        cols: scenes per row.
+    """
+    fig, axes = plt.subplots(len(batches), cols, figsize=(1.45 * cols, 1.55 * len(batches)),
+                             layout="constrained", squeeze=False)
+    for row, (name, batch) in zip(axes, batches.items()):
+        for i, ax in enumerate(row):
+            _image(ax, batch.image[i])
+            ax.set_title(class_names[int(batch.label[i])], fontsize=8)
+        row[0].set_ylabel(name)
+    return fig
+
+
+def scene_labels(batch: SceneBatch, index: int = 0, patch_size: int | None = None) -> Figure:
+    """One scene and its labels: image with boxes, segmentation, depth, background patches.
+
+    Args:
+        batch: rendered scenes.
+        index: which scene of the batch.
+        patch_size: if given, a fourth panel marks the patches that hold no object pixel.
+    """
+    n = 4 if patch_size else 3
+    fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.4), layout="constrained")
+    _image(axes[0], batch.image[index])
+    for box, ok in zip(batch.boxes[index], batch.box_valid[index]):
+        if ok:
+            x0, y0, x1, y1 = box.tolist()
+            axes[0].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=1.2, ec="white"))
+    axes[0].set_title("image + boxes")
+    axes[1].imshow(batch.seg[index].cpu().numpy(), cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
+    axes[1].set_title("segmentation")
+    dep = axes[2].imshow(batch.depth[index].cpu().numpy(), cmap="magma_r", vmin=0, vmax=1, interpolation="nearest")
+    axes[2].set_title("depth")
+    fig.colorbar(dep, ax=axes[2], shrink=0.8)
+    if patch_size:
+        H = batch.seg.shape[-1]
+        g = H // patch_size
+        obj = (batch.seg[index][: g * patch_size, : g * patch_size] > 0).reshape(g, patch_size, g, patch_size)
+        empty = ~obj.any(3).any(1)  # (g, g): patches without an object pixel
+        _image(axes[3], batch.image[index])
+        for gy, gx in empty.nonzero().tolist():
+            axes[3].add_patch(Rectangle((gx * patch_size - 0.5, gy * patch_size - 0.5), patch_size, patch_size,
+                                        fc="white", alpha=0.75, ec="none"))
+        axes[3].set_title(f"{int(empty.sum())} of {g * g} patches ({patch_size} px)\nare background only (white)",
+                          fontsize=9)
+    for ax in axes[1:]:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+    return fig
+
+
+def training_curves(curves: list[dict], layers: list[int] | None = None) -> Figure:
+    """Validation accuracy and, per layer, the mean max/median patch-norm ratio over training.
+
+    Args:
+        curves: :attr:`regvit_lib.train.TrainedRun.curves`.
+        layers: which blocks to draw (default: all).
+    """
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8.5, 3.2), layout="constrained")
+    steps = [c["step"] for c in curves]
+    a.plot(steps, [c["val_acc"] for c in curves], marker="o", label="validation accuracy")
+    a.set_xlabel("training step")
+    a.set_ylabel("accuracy")
+    depth = len(curves[0]["norms"])
+    cmap = plt.get_cmap("viridis")
+    for layer in layers if layers is not None else range(depth):
+        b.plot(steps, [c["norms"][layer]["ratio_mean"] for c in curves], color=cmap(layer / max(depth - 1, 1)),
+               label=f"block {layer}")
+    b.set_xlabel("training step")
+    b.set_ylabel("max / median patch norm\n(mean over images)")
+    b.legend(fontsize=7, ncol=2)
     return fig
 
 

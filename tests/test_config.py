@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 
 from regvit_lib import PROFILES, ConfigError, ModelConfig, default_profile_name, get_profile, vit_config
-from regvit_lib.config import PROFILE_ENV_VAR, Profile
+from regvit_lib.profiles import PROFILE_ENV_VAR, Profile
 
 
 def test_profiles_are_frozen_and_named() -> None:

@@ -1,0 +1,201 @@
+"""Speed, measured: ``python -m regvit_lib.bench [--profile cpu] [--out data/bench]``.
+
+Not a test: it times things and writes what it measured.
+
+1. **Scene generator**: images per second on one CPU thread at 32 and 64 px.
+2. **Training step, ours vs timm**: images per second of one AdamW step (forward, loss,
+   backward, clip, update) of :class:`~regvit_lib.model.RegViT` and of timm's
+   ``VisionTransformer`` built from the same config, in the same process, on the same batch,
+   in alternating rounds so that both see the same machine state; the median round counts.
+3. **Data share**: the generator's share of a full training step (render + step) at the
+   profile's batch size.
+4. **On a GPU only**: the card's measured bf16 matmul rate, and the model FLOPs utilisation
+   (MFU) of a ViT-S/16 at 224 px trained in bf16 (compiled): counted training FLOPs per image
+   (3x the forward) times images per second, over that rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig, vit_config
+from .data import ScenesConfig, normalize, render_scenes
+from .flops import count_flops
+from .model import build_model
+
+__all__ = ["generator_rate", "step_rate", "compare_with_timm", "matmul_tflops", "mfu", "main"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def generator_rate(img_size: int, batch: int = 256, rounds: int = 8) -> float:
+    """Scenes rendered per second on one CPU thread (median of ``rounds`` batches)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = ScenesConfig(img_size=img_size)
+        render_scenes(cfg, "train", np.arange(batch))  # warm-up
+        rates = []
+        for r in range(rounds):
+            t = time.perf_counter()
+            render_scenes(cfg, "train", np.arange(r * batch, (r + 1) * batch))
+            rates.append(batch / (time.perf_counter() - t))
+        return statistics.median(rates)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _stepper(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: bool) -> Callable[[], None]:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = F.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    return step
+
+
+def step_rate(step: Callable[[], None], batch: int, device: torch.device, iters: int) -> float:
+    """Images per second of ``iters`` calls of ``step`` on a batch of ``batch`` images."""
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(iters):
+        step()
+    _sync(device)
+    return batch * iters / (time.perf_counter() - t)
+
+
+def compare_with_timm(cfg: ModelConfig, batch: int, pairs: int = 30, device: str = "cpu") -> dict[str, float]:
+    """Training images/s of our model and of timm's with the same config.
+
+    The two models take turns, one step each (alternating which goes first), and each pair of
+    steps gives one ratio; the median over pairs cancels the drift of a shared machine.
+    """
+    import timm.models.vision_transformer as tv
+
+    from .timm_interop import timm_kwargs
+
+    dev = torch.device(device)
+    x = torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size, device=dev)
+    y = torch.randint(max(cfg.num_classes, 1), (batch,), device=dev)
+    ours = _stepper(build_model(cfg, device=dev).train(), x, y, amp=False)
+    timm_model = tv.VisionTransformer(**timm_kwargs(cfg)).to(dev).train()
+    theirs = _stepper(timm_model, x, y, amp=False)
+    for _ in range(2):
+        ours(), theirs()  # warm-up
+    t_ours: list[float] = []
+    t_timm: list[float] = []
+    for i in range(pairs):
+        for name in (("ours", "timm") if i % 2 == 0 else ("timm", "ours")):
+            rate = step_rate(ours if name == "ours" else theirs, batch, dev, 1)
+            (t_ours if name == "ours" else t_timm).append(batch / rate)
+    return {"ours_img_per_s": batch / statistics.median(t_ours), "timm_img_per_s": batch / statistics.median(t_timm),
+            "ratio": statistics.median(b / a for a, b in zip(t_ours, t_timm)), "pairs": pairs}
+
+
+def data_share(cfg: ModelConfig, data: ScenesConfig, batch: int, iters: int = 10) -> dict[str, float]:
+    """Seconds per batch spent rendering scenes vs in the training step, and the render share."""
+    dev = torch.device("cpu")
+    model = build_model(cfg).train()
+    x, y = render_scenes(data, "train", np.arange(batch))[:2]
+    step = _stepper(model, normalize(x), y, amp=False)
+    step()
+    t_data = t_step = 0.0
+    for i in range(iters):
+        t = time.perf_counter()
+        render_scenes(data, "train", np.arange(i * batch, (i + 1) * batch))
+        t_data += time.perf_counter() - t
+        t = time.perf_counter()
+        step()
+        t_step += time.perf_counter() - t
+    _sync(dev)
+    return {"data_s_per_batch": t_data / iters, "step_s_per_batch": t_step / iters,
+            "data_share": t_data / (t_data + t_step)}
+
+
+def matmul_tflops(n: int = 8192, iters: int = 50) -> float:
+    """Measured bf16 matmul rate of the current CUDA device, TFLOP/s (2 n^3 per product)."""
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(5):
+        a @ b
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(iters):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * n**3 * iters / (time.perf_counter() - t) / 1e12
+
+
+def mfu(batch: int = 256, iters: int = 30, compile_model: bool = True) -> dict[str, float]:
+    """MFU of a ViT-S/16 at 224 px, bf16 autocast, on the current CUDA device."""
+    cfg = vit_config("S", patch_size=16)
+    dev = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    model = build_model(cfg, device=dev).train()
+    runner: nn.Module = torch.compile(model) if compile_model else model  # type: ignore[assignment]
+    x = torch.randn(batch, 3, 224, 224, device=dev)
+    y = torch.randint(cfg.num_classes, (batch,), device=dev)
+    step = _stepper(runner, x, y, amp=True)
+    for _ in range(5):
+        step()
+    rate = step_rate(step, batch, dev, iters)
+    flops_per_image = 3 * count_flops(cfg)
+    peak = matmul_tflops()
+    achieved = rate * flops_per_image / 1e12
+    return {"img_per_s": rate, "train_gflops_per_image": flops_per_image / 1e9,
+            "achieved_tflops": achieved, "matmul_tflops": peak, "mfu": achieved / peak}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from .profiles import get_profile
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--profile", default="cpu", help="whose model and batch size to time (default cpu)")
+    ap.add_argument("--out", default=None, help="folder for bench-<device>.json (default: print only)")
+    args = ap.parse_args(argv)
+    prof = get_profile(args.profile)
+    gpu = torch.cuda.is_available()
+    res: dict[str, Any] = {
+        "command": "python -m regvit_lib.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "profile": prof.name, "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "device": torch.cuda.get_device_name() if gpu else "cpu",
+        "generator_img_per_s_1thread": {str(s): generator_rate(s) for s in (32, 64)},
+    }
+    batch = min(prof.train.batch_size, 128)
+    res["timm"] = {str(r): compare_with_timm(replace(prof.model, num_registers=r), batch) for r in (0, 4)}
+    res["data"] = data_share(prof.model, prof.data, prof.train.batch_size)
+    if gpu:
+        res["gpu_vit_s16_224_bf16"] = mfu()
+    print(json.dumps(res, indent=1))
+    if args.out:
+        path = Path(args.out) / f"bench-{'gpu' if gpu else 'cpu'}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(res, indent=1) + "\n")
+    return res
+
+
+if __name__ == "__main__":
+    main()

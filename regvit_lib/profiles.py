@@ -20,12 +20,13 @@ ablations chapter: registers 0, 1, 2, 4, 8, 16, i.e. 6 runs per seed (the baseli
 0-register run and chapter 3's model the 4-register one, shared through the cache).
 
 ``cpu`` -- ViT of width 128, depth 6, 4 heads (1.2 M parameters), 32 px images, patch 4
-(64 patches): 0.17 GFLOPs forward, 0.50 GFLOPs to train on one image. Measured on 2 cores: one
-run of 360 steps x 128 images took 189 s (177 s of steps at 260 images/s, the scene generator
-1.7 % of them, 12 s of evaluations). At 300 steps (38 k images, 1.9e13 FLOPs) a run takes
-~160 s. Registers add tokens (65 -> 66, 67, 69, 73, 81), about 8 % on average over the grid:
-6 runs x ~170 s ~ 17 min, plus the chapters' probes: ~20 min for the whole book, once.
-Later builds read the cache (a cached run loads in 0.04 s).
+(64 patches): 0.17 GFLOPs forward, 0.50 GFLOPs to train on one image. 300 steps x 128 images =
+38 k images = 1.9e13 FLOPs. Measured on 2 cores (this machine is shared, so rates vary by
+~25 %): the baseline run took 124 s (115 s of steps at 333 images/s, the scene generator 1.7 %
+of them; 9 s of evaluations); an earlier 360-step run on a busier machine ran at 260 images/s.
+Registers add tokens (65 -> 66, 67, 69, 73, 81), about 8 % on average over the grid: 6 runs x
+~135-175 s = 14-18 min, plus the chapters' probes: ~20 min for the whole book, once. Later
+builds read the cache (a cached run loads in 0.03 s).
 
 ``gpu`` -- ViT-S width (384, depth 12, 6 heads, 21.4 M parameters) at 64 px, patch 4 (256
 patches, the token count of a ViT at 224 px / patch 14): 12.1 GFLOPs forward, 36 GFLOPs to

@@ -46,7 +46,6 @@ def patch_grid(image: Tensor, patch_size: int, ax: plt.Axes | None = None) -> Fi
     H, W = img.shape[:2]
     fig, ax = _fig_ax(ax, (4.2, 4.2))
     ax.imshow(img, extent=(0, W, H, 0))
-    ax.grid(False)
     for t in range(patch_size, W, patch_size):
         ax.axvline(t, color="white", lw=0.8)
     for t in range(patch_size, H, patch_size):
@@ -58,8 +57,7 @@ def patch_grid(image: Tensor, patch_size: int, ax: plt.Axes | None = None) -> Fi
             ax.text((c + 0.5) * patch_size, (r + 0.5) * patch_size, str(i + 1), color="white",
                     ha="center", va="center", fontsize=max(5, 9 - g // 3))
     ax.set_title(f"{H}×{W} px → {g * (H // patch_size)} patches of {patch_size}×{patch_size}")
-    ax.set_xticks([])
-    ax.set_yticks([])
+    _bare(ax)
     return fig
 
 
@@ -111,11 +109,16 @@ def register_overhead(table: pd.DataFrame, paper: dict[int, float] | None = None
     return fig
 
 
-def _image(ax: plt.Axes, img: Tensor) -> None:
-    ax.imshow(img.permute(1, 2, 0).clamp(0, 1).cpu().numpy(), interpolation="nearest")
+def _bare(ax: plt.Axes) -> None:
+    """An axes for a picture: no ticks, no grid."""
     ax.set_xticks([])
     ax.set_yticks([])
     ax.grid(False)
+
+
+def _image(ax: plt.Axes, img: Tensor) -> None:
+    ax.imshow(img.permute(1, 2, 0).clamp(0, 1).cpu().numpy(), interpolation="nearest")
+    _bare(ax)
 
 
 def scenes_grid(batches: dict[str, SceneBatch], class_names: list[str], cols: int = 6) -> Figure:
@@ -169,9 +172,7 @@ def scene_labels(batch: SceneBatch, index: int = 0, patch_size: int | None = Non
         axes[3].set_title(f"{int(empty.sum())} of {g * g} patches ({patch_size} px)\nare background only (white)",
                           fontsize=9)
     for ax in axes[1:]:
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.grid(False)
+        _bare(ax)
     return fig
 
 

@@ -1,107 +1,301 @@
-"""Measurements on token activations and attention maps.
+"""Measurements on token activations and attention maps (the paper's Sec. 2).
 
-This module starts with the two summaries that the training loop records at every evaluation,
-so that the book can show *when* in training outliers and attention sinks appear (paper
-Fig. 4b). The probe toolkit of the later chapters builds on the same functions.
+One forward pass (:func:`collect`) keeps everything a figure needs: patch embeddings, every
+block's tokens, every attention map, the final tokens. The functions below read that
+:class:`Features` object; the probes that *train* something live in :mod:`regvit_lib.probes`.
+Both work on our :class:`~regvit_lib.model.RegViT` and on any timm ``VisionTransformer``
+(converted exactly by :mod:`regvit_lib.timm_interop`), so the code that studies our small
+models also studies pretrained DINOv2.
 
-Norms are always compared with **the median norm of the same image's patch tokens in the same
-layer**: against a global median, an image whose tokens are all large would look like a set
-of outliers (a pitfall seen in the emergence runs).
+Which paper figure each function serves:
+
+* :func:`token_norms`, :func:`detect_outliers` -- Fig. 3 (norm histogram), Fig. 4 (per layer,
+  over training, over model size), Fig. 7 (with registers);
+* :func:`neighbour_similarity` -- Fig. 5a (outliers sit on redundant patches);
+* :func:`attention_to_patches` -- Fig. 2 and Fig. 9 (attention of [CLS] and registers);
+* :func:`pca_rgb` -- the PCA feature maps of Fig. 1 / Fig. 14;
+* :func:`norm_summary`, :func:`sink_summary` -- what the training loop records at every
+  evaluation (Fig. 4b), also used by the emergence study;
+* :func:`plant_outliers` -- a positive control: make a model *have* outliers, to see what each
+  figure looks like when the artifact is present (and to test the detectors).
+
+**The outlier rule.** The paper cuts DINOv2-g's norms at a hand-picked 150. We compare each
+patch token with **the median norm of the patch tokens of the same image in the same layer**
+and call it an outlier above ``k`` times that median (``k = 4`` by default, exposed
+everywhere). Per-image medians matter: against a global median, an image whose tokens are
+all large would look like a set of outliers (a pitfall seen in the emergence runs).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .config import ModelConfig
-from .model import split_tokens
+from .data import normalize
+from .model import Block, RegViT, split_tokens
+from .summaries import RATIO_BINS, norm_summary, sink_summary, token_norms
 
-__all__ = ["RATIO_BINS", "token_norms", "norm_summary", "sink_summary"]
+__all__ = ["RATIO_BINS", "OUTLIER_K", "Features", "as_regvit", "collect", "tokens_at", "token_norms",
+           "Outliers", "detect_outliers", "neighbour_similarity", "attention_to_patches", "pca_rgb",
+           "lost_keys", "plant_outliers", "norm_summary", "sink_summary"]
 
-# log2(norm / image median) histogram edges: 1/8x .. 64x in quarter octaves (Fig. 3, 4b).
-RATIO_BINS = np.arange(-3.0, 6.0 + 1e-9, 0.25)
+OUTLIER_K = 4.0  # a patch token is an outlier above OUTLIER_K x its image's median norm
 
 
-def token_norms(blocks: Tensor, cfg: ModelConfig) -> dict[str, Tensor]:
-    """L2 norms of every token in every layer, by kind.
+def as_regvit(model: nn.Module) -> RegViT:
+    """Our model as is; a timm ``VisionTransformer`` converted exactly (same function)."""
+    if isinstance(model, RegViT):
+        return model
+    from .timm_interop import regvit_from_timm
+
+    return regvit_from_timm(model)  # type: ignore[arg-type]
+
+
+@dataclass
+class Features:
+    """Everything one forward pass shows about a set of images (all on the CPU).
+
+    Layers are indexed ``0 .. depth-1`` (block outputs, before the final norm; ``-1`` is the last
+    block); ``"final"`` names the final-normed output tokens. Norms are studied on block
+    outputs (the final LayerNorm rescales every token); the dense probes read ``"final"``.
+    """
+
+    cfg: ModelConfig
+    images: Tensor  # (B, 3, H, W) in [0, 1]
+    embed: Tensor  # (B, N, D) patch embeddings, before the position embedding
+    blocks: Tensor  # (B, L, T, D) every block's output
+    final: Tensor  # (B, T, D) after the final norm
+    attn: Tensor | None  # (B, L, H, T, T), if collected
+    labels: Tensor | None = None  # (B,) class labels, if given
+
+    @property
+    def grid(self) -> int:
+        return self.cfg.grid_size
+
+
+@torch.no_grad()
+def collect(model: nn.Module, images: Tensor, labels: Tensor | None = None, attn: bool = True,
+            batch_size: int = 64) -> Features:
+    """Run ``model`` once over ``images`` (in [0, 1]) and keep every token and attention map.
 
     Args:
-        blocks: ``(B, L, T, D)`` block outputs (``forward_features(..., return_blocks=True)``).
-        cfg: the model's config (for the token layout).
-
-    Returns:
-        ``patch`` (B, L, N), ``reg`` (B, L, R) and, with a class token, ``cls`` (B, L).
+        model: a :class:`RegViT` or a timm ``VisionTransformer``.
+        images: ``(B, 3, H, W)`` in [0, 1]; normalised here as in training.
+        labels: optional class labels, carried along for the probes.
+        attn: also keep the attention maps (memory: B x L x H x T^2 floats).
+        batch_size: images per forward pass.
     """
-    norms = blocks.float().norm(dim=-1)  # (B, L, T)
-    parts = split_tokens(norms[..., None], cfg.class_token, cfg.num_registers)
-    return {k: v[..., 0] for k, v in parts.items()}
+    m = as_regvit(model)
+    was_training = m.training
+    m.eval()
+    dev = next(m.parameters()).device
+    parts: dict[str, list[Tensor]] = {"embed": [], "blocks": [], "tokens": [], "attn": []}
+    for start in range(0, images.shape[0], batch_size):
+        x = normalize(images[start : start + batch_size].to(dev))
+        out = m.forward_features(x, return_blocks=True, return_attn=attn)
+        for key in ("embed", "blocks", "tokens") + (("attn",) if attn else ()):
+            parts[key].append(out[key].float().cpu())
+    m.train(was_training)
+    return Features(m.cfg, images.cpu(), torch.cat(parts["embed"]), torch.cat(parts["blocks"]),
+                    torch.cat(parts["tokens"]), torch.cat(parts["attn"]) if attn else None,
+                    None if labels is None else labels.cpu())
 
 
-def norm_summary(norms: dict[str, Tensor]) -> list[dict[str, Any]]:
-    """Per-layer statistics of patch-token norms relative to each image's median (Fig. 3, 4).
+def tokens_at(feats: Features, layer: int | str = "final") -> dict[str, Tensor]:
+    """The named token slices (``cls``, ``reg``, ``patch``) at a block or at the output."""
+    x = feats.final if layer == "final" else feats.blocks[:, int(layer)]
+    return split_tokens(x, feats.cfg.class_token, feats.cfg.num_registers)
+
+
+@dataclass
+class Outliers:
+    """High-norm patch tokens of one layer, by :func:`detect_outliers`."""
+
+    mask: Tensor  # (B, N) bool: which patch tokens are outliers
+    norms: Tensor  # (B, N) their norms
+    ratio: Tensor  # (B, N) norm / the image's median patch norm
+    k: float  # the rule's multiple of the median
+
+    @property
+    def share(self) -> float:
+        """Share of patch tokens that are outliers (the paper: ~2 % for DINOv2-g)."""
+        return float(self.mask.float().mean())
+
+    @property
+    def norm_ratio(self) -> float:
+        """Mean outlier norm over mean normal norm (the paper: ~10x); NaN without outliers."""
+        if not self.mask.any() or self.mask.all():
+            return float("nan")
+        return float(self.norms[self.mask].mean() / self.norms[~self.mask].mean())
+
+    def positions(self) -> list[list[int]]:
+        """Per image, the patch indices (row-major over the grid) of its outliers."""
+        return [torch.nonzero(row)[:, 0].tolist() for row in self.mask]
+
+
+def detect_outliers(feats: Features, layer: int | str = -1, k: float = OUTLIER_K) -> Outliers:
+    """Patch tokens whose norm exceeds ``k`` times the median patch norm of their image.
 
     Args:
-        norms: the output of :func:`token_norms`.
+        feats: from :func:`collect`.
+        layer: a block index (default: the last block's output), or ``"final"`` for the output
+            after the final LayerNorm -- which rescales every token, so norms there hardly
+            differ (on the ``cpu`` model the largest per-image ratio is 2.7 before it, 1.04
+            after it).
+        k: the multiple of the per-image median above which a token is an outlier.
+    """
+    if not k > 1:
+        raise ValueError(f"k must be > 1 (a multiple of the median), got {k!r}")
+    norms = tokens_at(feats, layer)["patch"].norm(dim=-1)  # (B, N)
+    ratio = norms / norms.median(dim=-1, keepdim=True).values
+    return Outliers(ratio > k, norms, ratio, float(k))
+
+
+def neighbour_similarity(feats: Features) -> Tensor:
+    """Mean cosine similarity of each patch embedding to its 4 grid neighbours (Fig. 5a).
+
+    Computed on the patch embeddings *before* the position embedding, i.e. on what the patch
+    looks like. Border patches average over the neighbours they have.
 
     Returns:
-        One dict per layer: ``median`` (of all patch norms), ``p99``, ``max``; ``ratio_mean`` and
-        ``ratio_max``, the mean and max over images of (largest patch norm / the image's median);
-        ``hist``, counts of log2(norm / image median) in :data:`RATIO_BINS`; ``cls`` and ``reg``,
-        the mean [CLS] / register norm over the image median (``None`` when absent).
+        ``(B, N)``.
     """
-    patch = norms["patch"]  # (B, L, N)
-    med = patch.median(dim=-1, keepdim=True).values  # (B, L, 1)
-    ratio = patch / med  # (B, L, N)
-    out = []
-    for layer in range(patch.shape[1]):
-        p, r = patch[:, layer], ratio[:, layer]
-        hist, _ = np.histogram(np.log2(r.clamp_min(1e-12).numpy()), bins=RATIO_BINS)
-        row: dict[str, Any] = {
-            "median": float(p.median()), "p99": float(torch.quantile(p.flatten(), 0.99)),
-            "max": float(p.max()),
-            "ratio_mean": float(r.amax(-1).mean()), "ratio_max": float(r.amax()),
-            "hist": hist.tolist(),
-            "cls": float((norms["cls"][:, layer] / med[:, layer, 0]).mean()) if "cls" in norms else None,
-            "reg": float((norms["reg"][:, layer] / med[:, layer]).mean()) if norms["reg"].shape[-1] else None,
-        }
-        out.append(row)
-    return out
+    g = feats.grid
+    e = torch.nn.functional.normalize(feats.embed, dim=-1).reshape(-1, g, g, feats.embed.shape[-1])
+    total = torch.zeros(e.shape[:3])
+    count = torch.zeros(e.shape[:3])
+    for dy, dx in ((0, 1), (1, 0)):  # right and down neighbours; each pair counted for both ends
+        a = e[:, : g - dy, : g - dx]
+        b = e[:, dy:, dx:]
+        sim = (a * b).sum(-1)
+        total[:, : g - dy, : g - dx] += sim
+        total[:, dy:, dx:] += sim
+        count[:, : g - dy, : g - dx] += 1
+        count[:, dy:, dx:] += 1
+    return (total / count).reshape(e.shape[0], g * g)
 
 
-def sink_summary(attn: Tensor, cfg: ModelConfig) -> list[dict[str, Any]]:
-    """Attention sinks per layer: how much attention the patch queries send to one key.
-
-    For each image, layer and head, the attention of all *patch* queries is averaged, and the
-    key receiving the most of it is that head's sink. Per layer, the strongest head is kept.
+def attention_to_patches(feats: Features, query: str | int = "cls", layer: int = -1,
+                         head: int | None = None) -> Tensor:
+    """Attention of one query token to the patches, as maps over the grid (Fig. 2, Fig. 9).
 
     Args:
-        attn: ``(B, L, H, T, T)`` attention maps (``forward_features(..., return_attn=True)``).
-        cfg: the model's config (for the token layout).
+        feats: from :func:`collect` with ``attn=True``.
+        query: ``"cls"``, a register index ``0 .. R-1``, or ``"patches"`` (mean over patch queries).
+        layer: block index (default: the last).
+        head: one head, or ``None`` for the mean over heads.
 
     Returns:
-        One dict per layer: ``mass`` (mean over images of the sink's share of patch-query
-        attention), ``kind`` (share of images whose sink is ``cls`` / ``reg`` / ``patch``) and
-        ``fixed`` (share of images whose sink is the layer's most common sink token: near 1
-        means a sink at a fixed position).
+        ``(B, g, g)``, each map summing to the share of attention that goes to patches.
     """
-    P = cfg.num_prefix_tokens
-    received = attn[..., P:, :].float().mean(dim=-2)  # (B, L, H, T): mean over patch queries
-    mass, key = received.max(dim=-1)  # (B, L, H)
-    head = mass.argmax(dim=-1, keepdim=True)  # (B, L, 1): strongest head
-    mass = mass.gather(-1, head)[..., 0]  # (B, L)
-    key = key.gather(-1, head)[..., 0]  # (B, L)
-    c = int(cfg.class_token)
-    out = []
-    for layer in range(attn.shape[1]):
-        k = key[:, layer]
-        kinds = {"cls": float((k < c).float().mean()),
-                 "reg": float(((k >= c) & (k < P)).float().mean()),
-                 "patch": float((k >= P).float().mean())}
-        mode = int(torch.mode(k).values)
-        out.append({"mass": float(mass[:, layer].mean()), "kind": kinds,
-                    "fixed": float((k == mode).float().mean()), "token": mode})
-    return out
+    if feats.attn is None:
+        raise ValueError("these features were collected with attn=False")
+    cfg, P, g = feats.cfg, feats.cfg.num_prefix_tokens, feats.grid
+    a = feats.attn[:, layer]  # (B, H, T, T)
+    a = a.mean(1) if head is None else a[:, head]  # (B, T, T)
+    if query == "cls":
+        if not cfg.class_token:
+            raise ValueError("this model has no [CLS] token")
+        row = a[:, 0]
+    elif query == "patches":
+        row = a[:, P:].mean(1)
+    elif isinstance(query, int) and 0 <= query < cfg.num_registers:
+        row = a[:, int(cfg.class_token) + query]
+    else:
+        raise ValueError(f"query must be 'cls', 'patches' or a register index < {cfg.num_registers}, got {query!r}")
+    return row[:, P:].reshape(-1, g, g)
+
+
+def pca_rgb(patch_tokens: Tensor, grid: int, components: int = 3) -> Tensor:
+    """The first principal components of patch tokens as colours (the paper's PCA maps).
+
+    One PCA is fitted over the patches of all images together, so colours are comparable
+    across images; each component is scaled to [0, 1] by its 1st-99th percentiles.
+
+    Args:
+        patch_tokens: ``(B, N, D)``.
+        grid: patches per side.
+
+    Returns:
+        ``(B, grid, grid, components)`` in [0, 1].
+    """
+    B, N, D = patch_tokens.shape
+    x = patch_tokens.reshape(B * N, D).double()
+    x = x - x.mean(0)
+    _, _, v = torch.linalg.svd(x, full_matrices=False)  # rows of v: principal directions
+    sign = torch.sign(v[:components].sum(1, keepdim=True)).clamp_min(0) * 2 - 1  # fixed orientation
+    proj = x @ (v[:components] * sign).T  # (B*N, c)
+    lo, hi = torch.quantile(proj, 0.01, dim=0), torch.quantile(proj, 0.99, dim=0)
+    return ((proj - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1).reshape(B, grid, grid, components).float()
+
+
+@torch.no_grad()
+def lost_keys(model: nn.Module, feats: Features) -> Tensor:
+    """The last layer's attention *keys* of the patches, LOST's features (Simeoni et al. 2021).
+
+    Returns:
+        ``(B, N, D)``: the keys of all heads, concatenated.
+    """
+    m = as_regvit(model)
+    dev = next(m.parameters()).device
+    blk = m.blocks[-1]
+    assert isinstance(blk, Block)
+    # The last block's input: the previous block's output (or the embedded tokens).
+    x_in = feats.blocks[:, -2].to(dev) if m.cfg.depth > 1 else m._pos_embed(feats.embed.to(dev))
+    qkv = blk.attn.qkv(blk.norm1(x_in))  # (B, T, 3D)
+    D = m.cfg.embed_dim
+    keys = qkv[..., D : 2 * D].float().cpu()
+    return split_tokens(keys, m.cfg.class_token, m.cfg.num_registers)["patch"]
+
+
+@contextmanager
+def plant_outliers(model: RegViT, layer: int, positions: Tensor, factor: float = 10.0,
+                   content: str = "global") -> Iterator[None]:
+    """Make ``model`` have outliers: a positive control for every figure and test.
+
+    While the context is active, the output of block ``layer`` is changed at the given patch
+    positions: ``content="global"`` replaces each chosen token by the mean of its image's patch
+    tokens, rescaled to ``factor`` times the image's median patch norm (the paper's picture of
+    an outlier: large, and holding global rather than local information); ``content="scale"``
+    multiplies the token by ``factor``.
+
+    Args:
+        model: a :class:`RegViT`.
+        layer: block index whose output is changed.
+        positions: ``(B, k)`` patch indices per image, or ``(k,)`` for the same ones in all.
+        factor: the norm multiplier.
+        content: ``"global"`` or ``"scale"``.
+    """
+    if content not in ("global", "scale"):
+        raise ValueError(f"content must be 'global' or 'scale', got {content!r}")
+    P = model.cfg.num_prefix_tokens
+    seen = [0]  # images already through the hook: per-image positions follow batch after batch
+
+    def hook(_module: nn.Module, _inputs: Any, output: tuple[Tensor, Tensor | None]) -> tuple[Tensor, Tensor | None]:
+        x, attn = output
+        B = x.shape[0]
+        pos = positions.to(x.device)
+        pos = pos.expand(B, -1) if pos.ndim == 1 else pos[seen[0] : seen[0] + B]
+        seen[0] += B
+        rows = torch.arange(B, device=x.device)[:, None].expand_as(pos)
+        x = x.clone()
+        if content == "global":  # the image's mean patch token, at factor x the median norm
+            mean = x[:, P:].mean(1, keepdim=True)  # (B, 1, D)
+            scale = factor * x[:, P:].norm(dim=-1).median(dim=1).values[:, None, None] / mean.norm(dim=-1, keepdim=True)
+            new = (scale * mean).expand(-1, pos.shape[1], -1)
+        else:
+            new = factor * x[rows, P + pos]
+        x[rows, P + pos] = new
+        return x, attn
+
+    handle = model.blocks[layer].register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -9,7 +9,9 @@ Not a test: it times things and writes what it measured.
    in alternating rounds so that both see the same machine state; the median round counts.
 3. **Data share**: the generator's share of a full training step (render + step) at the
    profile's batch size.
-4. **On a GPU only**: the card's measured bf16 matmul rate, and the model FLOPs utilisation
+4. **Analysis cost**: one pass that keeps every block's tokens and attention maps and computes
+   all-layer norms (:func:`regvit_lib.analysis.collect` + norms), against a plain forward.
+5. **On a GPU only**: the card's measured bf16 matmul rate, and the model FLOPs utilisation
    (MFU) of a ViT-S/16 at 224 px trained in bf16 (compiled): counted training FLOPs per image
    (3x the forward) times images per second, over that rate.
 """
@@ -37,7 +39,7 @@ from .data import ScenesConfig, normalize, render_scenes
 from .flops import count_flops
 from .model import build_model
 
-__all__ = ["generator_rate", "step_rate", "compare_with_timm", "matmul_tflops", "mfu", "main"]
+__all__ = ["generator_rate", "step_rate", "compare_with_timm", "analysis_cost", "matmul_tflops", "mfu", "main"]
 
 
 def _sync(device: torch.device) -> None:
@@ -134,6 +136,35 @@ def data_share(cfg: ModelConfig, data: ScenesConfig, batch: int, iters: int = 10
             "data_share": t_data / (t_data + t_step)}
 
 
+def analysis_cost(cfg: ModelConfig, batch: int, pairs: int = 20) -> dict[str, float]:
+    """Seconds of a plain forward vs an analysis pass (all tokens, attention maps, norms)."""
+    from .analysis import collect
+    from .summaries import token_norms
+
+    model = build_model(cfg).eval()
+    images = torch.rand(batch, cfg.in_chans, cfg.img_size, cfg.img_size)
+
+    def plain() -> None:
+        with torch.no_grad():
+            model(normalize(images))
+
+    def analysis() -> None:
+        feats = collect(model, images, batch_size=batch)
+        token_norms(feats.blocks, cfg)
+
+    plain()
+    analysis()
+    t_plain: list[float] = []
+    t_analysis: list[float] = []
+    for i in range(pairs):
+        for fn, out in ((plain, t_plain), (analysis, t_analysis))[:: 1 if i % 2 == 0 else -1]:
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+    return {"plain_s": statistics.median(t_plain), "analysis_s": statistics.median(t_analysis),
+            "ratio": statistics.median(b / a for a, b in zip(t_plain, t_analysis))}
+
+
 def matmul_tflops(n: int = 8192, iters: int = 50) -> float:
     """Measured bf16 matmul rate of the current CUDA device, TFLOP/s (2 n^3 per product)."""
     a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
@@ -187,6 +218,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     batch = min(prof.train.batch_size, 128)
     res["timm"] = {str(r): compare_with_timm(replace(prof.model, num_registers=r), batch) for r in (0, 4)}
     res["data"] = data_share(prof.model, prof.data, prof.train.batch_size)
+    res["analysis_vs_forward"] = {
+        "profile model, batch 128": analysis_cost(prof.model, 128),
+        "ViT-S/14 at 224 px, 4 registers, batch 8": analysis_cost(vit_config("S", num_registers=4), 8),
+    }
     if gpu:
         res["gpu_vit_s16_224_bf16"] = mfu()
     print(json.dumps(res, indent=1))

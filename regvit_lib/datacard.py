@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import ScenesConfig, render_scenes, scene_stats
+from .data import render_scenes, scene_stats
 
 __all__ = ["write_card"]
 

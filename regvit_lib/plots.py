@@ -10,13 +10,15 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+import torch
 from torch import Tensor
 
 from .config import ModelConfig
 from .data import SceneBatch
 
 __all__ = ["use_style", "TOKEN_COLORS", "patch_grid", "token_layout", "register_overhead",
-           "scenes_grid", "scene_labels", "training_curves"]
+           "scenes_grid", "scene_labels", "training_curves", "norm_histogram", "norms_per_layer",
+           "attention_maps", "neighbour_similarity", "local_probes", "token_probe", "save"]
 
 # One colour per token kind, used by every figure of the book.
 TOKEN_COLORS = {"cls": "#d62728", "reg": "#2ca02c", "patch": "#1f77b4"}
@@ -197,6 +199,143 @@ def training_curves(curves: list[dict], layers: list[int] | None = None) -> Figu
     b.set_ylabel("max / median patch norm\n(mean over images)")
     b.legend(fontsize=7, ncol=2)
     return fig
+
+
+def norm_histogram(norms: dict[str, Tensor], k: float | None = None, ax: plt.Axes | None = None,
+                   label: str | None = None) -> Figure:
+    """Paper Fig. 3 / Fig. 7: the distribution of token norms, patch tokens vs [CLS] / registers.
+
+    Args:
+        norms: ``{"patch": (...), "cls": (...), "reg": (...)}`` norms of one layer (any shapes).
+        k: draw the outlier rule's cut, ``k`` x the median patch norm.
+        ax: draw into this axes (e.g. to put two models side by side).
+        label: a title.
+    """
+    fig, ax = _fig_ax(ax, (5.0, 3.2))
+    patch = norms["patch"].flatten()
+    hi = float(torch.cat([v.flatten() for v in norms.values() if v.numel()]).max())
+    bins = torch.linspace(0, hi * 1.02, 60).tolist()
+    ax.hist(patch.tolist(), bins=bins, color=TOKEN_COLORS["patch"], alpha=0.8, label="patch tokens")
+    for kind in ("cls", "reg"):
+        if kind in norms and norms[kind].numel():
+            ax.hist(norms[kind].flatten().tolist(), bins=bins, color=TOKEN_COLORS[kind], alpha=0.8,
+                    label="[CLS]" if kind == "cls" else "registers")
+    if k is not None:
+        ax.axvline(k * float(patch.median()), color="black", ls="--", lw=1, label=f"{k:g} x median")
+    ax.set_yscale("log")
+    ax.set_xlabel("token norm")
+    ax.set_ylabel("tokens")
+    if label:
+        ax.set_title(label)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def norms_per_layer(ratio_max: Tensor, share: Tensor | None = None, ax: plt.Axes | None = None) -> Figure:
+    """Paper Fig. 4a: per layer, the largest patch norm over its image's median (and outlier share).
+
+    Args:
+        ratio_max: ``(B, L)`` per image and layer, max patch norm / median patch norm.
+        share: optional ``(L,)`` share of outlier tokens per layer (right axis).
+    """
+    fig, ax = _fig_ax(ax, (5.0, 3.2))
+    L = ratio_max.shape[1]
+    layers = list(range(L))
+    q = torch.quantile(ratio_max.float(), torch.tensor([0.1, 0.5, 0.9]), dim=0)
+    ax.fill_between(layers, q[0].tolist(), q[2].tolist(), alpha=0.25, color=TOKEN_COLORS["patch"], label="10-90 %")
+    ax.plot(layers, q[1].tolist(), marker="o", color=TOKEN_COLORS["patch"], label="median image")
+    ax.set_xlabel("block")
+    ax.set_ylabel("max / median patch norm")
+    if share is not None:
+        ax2 = ax.twinx()
+        ax2.plot(layers, (100 * share).tolist(), color="black", ls="--", marker="x", label="outliers (%)")
+        ax2.set_ylabel("outlier tokens (%)")
+        ax2.grid(False)
+    ax.legend(fontsize=8, loc="upper left")
+    return fig
+
+
+def attention_maps(images: Tensor, maps: dict[str, Tensor], cols: int = 4) -> Figure:
+    """Paper Fig. 2 / Fig. 9: images, then one row per map: attention of a query token to the
+    patches, or PCA feature maps.
+
+    Args:
+        images: ``(B, 3, H, W)``; the first ``cols`` are shown.
+        maps: row name -> ``(B, g, g)`` maps drawn with a colour scale (e.g. ``"[CLS]"``,
+            ``"register 0"``), or ``(B, g, g, 3)`` RGB maps (:func:`regvit_lib.analysis.pca_rgb`).
+    """
+    rows = 1 + len(maps)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.6 * rows), layout="constrained", squeeze=False)
+    for c in range(cols):
+        _image(axes[0, c], images[c])
+        for r, (name, m) in enumerate(maps.items(), start=1):
+            axes[r, c].imshow(m[c].cpu().numpy(), cmap="viridis", interpolation="nearest")
+            _bare(axes[r, c])
+            if c == 0:
+                axes[r, c].set_ylabel(name, fontsize=8)
+    axes[0, 0].set_ylabel("image", fontsize=8)
+    return fig
+
+
+def neighbour_similarity(similarity: Tensor, outlier_mask: Tensor, ax: plt.Axes | None = None) -> Figure:
+    """Paper Fig. 5a: cosine similarity to the 4 neighbours, normal vs outlier patches.
+
+    Args:
+        similarity: ``(B, N)`` from :func:`regvit_lib.analysis.neighbour_similarity`.
+        outlier_mask: ``(B, N)`` bool.
+    """
+    fig, ax = _fig_ax(ax, (4.6, 3.0))
+    bins = torch.linspace(float(similarity.min()), float(similarity.max()) + 1e-6, 40).tolist()
+    ax.hist(similarity[~outlier_mask].tolist(), bins=bins, density=True, alpha=0.7,
+            color=TOKEN_COLORS["patch"], label="normal")
+    if outlier_mask.any():
+        ax.hist(similarity[outlier_mask].tolist(), bins=bins, density=True, alpha=0.7, color="orange",
+                label="outlier")
+    ax.set_xlabel("cosine similarity to neighbours (patch embedding)")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def local_probes(results: dict[str, dict[str, float]], paper: dict[str, dict[str, float]] | None = None) -> Figure:
+    """Paper Fig. 5b: position accuracy and reconstruction error, normal vs outlier tokens.
+
+    Args:
+        results: from :func:`regvit_lib.probes.local_probes`.
+        paper: optional paper values in the same shape, drawn as black marks.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(6.4, 2.8), layout="constrained")
+    kinds = list(results)
+    colours = [TOKEN_COLORS["patch"], "orange"]
+    for ax, metric, title in ((axes[0], "position_top1", "position: top-1 accuracy"),
+                              (axes[1], "reconstruction_l2", "pixels: reconstruction L2")):
+        ax.bar(kinds, [results[k][metric] for k in kinds], color=colours[: len(kinds)])
+        if paper:
+            ax.scatter([k for k in kinds if k in paper], [paper[k][metric] for k in kinds if k in paper],
+                       marker="_", s=400, color="black", label="paper", zorder=5)
+            ax.legend(fontsize=8)
+        ax.set_title(title)
+    return fig
+
+
+def token_probe(results: dict[str, dict[str, float]], chance: float | None = None,
+                ax: plt.Axes | None = None) -> Figure:
+    """Paper Table 1 as bars: image classification accuracy from a single token of each kind."""
+    fig, ax = _fig_ax(ax, (4.6, 2.8))
+    kinds = list(results)
+    colours = [TOKEN_COLORS["cls"] if k == "cls" else TOKEN_COLORS["reg"] if k.startswith("reg")
+               else "orange" if k == "outlier" else TOKEN_COLORS["patch"] for k in kinds]
+    ax.bar(kinds, [results[k]["accuracy"] for k in kinds], color=colours)
+    if chance is not None:
+        ax.axhline(chance, color="black", ls=":", lw=1, label="chance")
+        ax.legend(fontsize=8)
+    ax.set_ylabel("linear-probe accuracy")
+    return fig
+
+
+def save(fig: Figure, path: str) -> None:
+    """Save a figure for a thesis: the format follows the suffix (``.pdf``, ``.svg``, ``.png``)."""
+    fig.savefig(path)
 
 
 def _fig_ax(ax: plt.Axes | None, size: tuple[float, float]) -> tuple[Figure, plt.Axes]:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from .analysis import norm_summary, sink_summary, token_norms
+from .summaries import norm_summary, sink_summary, token_norms
 from .cache import CacheCorruptError, RunStore
 from .config import ConfigError, ModelConfig, _check_choice, _check_int
 from .data import DataConfig, DataSource, ScenesConfig, batch_indices, make_source, normalize

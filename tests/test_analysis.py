@@ -47,3 +47,163 @@ def test_training_curves_plot() -> None:
     curves = [{"step": s, "val_acc": 0.1 * s, "norms": [{"ratio_mean": 1.0 + s}] * 3} for s in range(3)]
     fig = plots.training_curves(curves)
     assert len(fig.axes) == 2 and len(fig.axes[1].lines) == 3
+
+
+# --- the toolkit (issue 4) -------------------------------------------------------------------
+
+import numpy as np  # noqa: E402
+
+from regvit_lib import ScenesConfig, build_model, render_scenes  # noqa: E402
+from regvit_lib import analysis as A  # noqa: E402
+from regvit_lib import probes as P  # noqa: E402
+
+SCENES = ScenesConfig(img_size=32, val_size=600)
+K = 15.0
+MODEL = ModelConfig(img_size=32, patch_size=4, embed_dim=32, depth=3, num_heads=2, num_registers=2,
+                    num_classes=SCENES.num_classes)
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return render_scenes(SCENES, "val", np.arange(600))
+
+
+@pytest.fixture(scope="module")
+def planted(scenes):
+    """An untrained model with two planted outliers per image at block 1 (positions vary per image).
+
+    Untrained, some natural patch tokens reach ~9x their image's median norm (high-contrast
+    objects on a background near the normalisation mean), so the plant is 30x and the cut 15x.
+    """
+    model = build_model(MODEL, seed=0)
+    B, N = scenes.image.shape[0], MODEL.num_patches
+    pos = torch.stack([torch.randperm(N, generator=torch.Generator().manual_seed(i))[:2] for i in range(B)])
+    with A.plant_outliers(model, layer=1, positions=pos, factor=30.0, content="global"):
+        feats = A.collect(model, scenes.image, scenes.label, batch_size=128)
+    return model, feats, pos
+
+
+def test_detector_returns_exactly_the_planted_positions(planted) -> None:
+    _, feats, pos = planted
+    out = A.detect_outliers(feats, layer=1, k=K)
+    assert out.positions() == [sorted(p) for p in pos.tolist()]
+    assert out.share == pytest.approx(2 / MODEL.num_patches)
+    assert out.norm_ratio > 15
+    assert not A.detect_outliers(feats, layer=0, k=K).mask.any()  # nothing before the planted layer
+    scaled = A.detect_outliers(feats, layer=1, k=1e6)
+    assert scaled.share == 0 and np.isnan(scaled.norm_ratio)
+    with pytest.raises(ValueError, match="k must be > 1"):
+        A.detect_outliers(feats, 1, k=0.5)
+
+
+def test_planted_global_tokens_lose_local_and_carry_global_information(planted) -> None:
+    _, feats, _ = planted
+    out = A.detect_outliers(feats, layer=1, k=K)
+    local = P.local_probes(feats, out, layer=1)
+    chance = 1 / MODEL.num_patches
+    # normal tokens know where they are; the planted ones (an image-wide mean) do not
+    # (measured: normal 22 % top-1 at 3.3 patches, planted 1.0 % at 3.8; chance 1.6 %)
+    assert local["normal"]["position_top1"] > 5 * chance
+    assert local["outlier"]["position_top1"] < 2 * chance
+    assert local["outlier"]["position_distance"] > local["normal"]["position_distance"] + 0.3
+    assert local["outlier"]["reconstruction_l2"] > 10 * local["normal"]["reconstruction_l2"]
+    single = P.single_token_probe(feats, out, layer=1)
+    assert set(single) == {"normal", "outlier", "cls", "reg0", "reg1"}
+    assert single["outlier"]["accuracy"] > single["normal"]["accuracy"] + 0.05
+
+
+def test_same_numbers_on_our_model_and_on_the_timm_model_with_its_weights(scenes) -> None:
+    from regvit_lib.timm_interop import regvit_to_timm
+
+    ours = build_model(MODEL, seed=3)
+    with torch.no_grad():  # move away from the init so every weight matters
+        for p in ours.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    theirs = regvit_to_timm(ours)
+    x, y = scenes.image[:200], scenes.label[:200]
+    fa, fb = A.collect(ours, x, y), A.collect(theirs, x, y)
+    for name in ("embed", "blocks", "final", "attn"):
+        torch.testing.assert_close(getattr(fa, name), getattr(fb, name), rtol=0, atol=1e-5)
+    oa, ob = A.detect_outliers(fa, 1, k=1.5), A.detect_outliers(fb, 1, k=1.5)
+    assert oa.positions() == ob.positions()
+    la, lb = P.local_probes(fa, oa, 1), P.local_probes(fb, ob, 1)
+    for kind in ("normal", "outlier"):
+        assert la[kind] == pytest.approx(lb[kind], rel=1e-4)
+    torch.testing.assert_close(A.neighbour_similarity(fa), A.neighbour_similarity(fb))
+    torch.testing.assert_close(A.lost_keys(ours, fa), A.lost_keys(theirs, fb), rtol=0, atol=1e-5)
+
+
+def test_attention_maps_and_pca(planted) -> None:
+    _, feats, _ = planted
+    g = MODEL.grid_size
+    cls = A.attention_to_patches(feats, "cls", layer=2)
+    reg = A.attention_to_patches(feats, 1, layer=2, head=0)
+    assert cls.shape == reg.shape == (600, g, g)
+    assert float(cls.sum((1, 2)).max()) <= 1 + 1e-5 and float(cls.min()) >= 0
+    with pytest.raises(ValueError, match="register index < 2"):
+        A.attention_to_patches(feats, 2)
+    rgb = A.pca_rgb(A.tokens_at(feats)["patch"], g)
+    assert rgb.shape == (600, g, g, 3) and rgb.min() >= 0 and rgb.max() <= 1
+
+
+def test_neighbour_similarity_of_a_flat_image_is_one() -> None:
+    feats = A.Features(MODEL, torch.zeros(1, 3, 32, 32), torch.ones(1, MODEL.num_patches, 32),
+                       torch.zeros(1, 3, MODEL.num_tokens, 32), torch.zeros(1, MODEL.num_tokens, 32), None)
+    feats.embed[0, 0] = -1  # patch 0 points the other way: its neighbours 1 and 8 see it
+    sim = A.neighbour_similarity(feats)
+    assert sim[0, 0] == pytest.approx(-1.0) and sim[0, 1] == pytest.approx((1 + 1 - 1) / 3)
+    assert sim[0, 9] == pytest.approx(1.0)
+
+
+def test_lost_finds_the_one_object() -> None:
+    g, D = 8, 16
+    gen = torch.Generator().manual_seed(0)
+    bg, obj = torch.zeros(D), torch.zeros(D)
+    bg[0], obj[1] = 1.0, 1.0
+    keys = bg.expand(g, g, D).clone()
+    keys[2:5, 3:7] = obj - 0.3 * bg  # the object: rows 2-4, columns 3-6, unlike the background
+    keys = keys + 0.05 * torch.randn(g, g, D, generator=gen)
+    box = P.lost(keys.reshape(1, g * g, D), grid=g, patch=4)
+    assert box[0].tolist() == [12, 8, 28, 20]
+    gt = torch.tensor([[[12.0, 8.0, 28.0, 20.0], [0.0, 0.0, 4.0, 4.0]]])
+    assert P.corloc(box, gt, torch.tensor([[True, False]])) == 1.0
+    assert P.corloc(box, gt[:, [1, 0]], torch.tensor([[True, False]])) == 0.0
+
+
+def test_miou_rmse_and_box_iou_by_hand() -> None:
+    target = torch.tensor([[0, 0, 1, 1]])
+    pred = torch.tensor([[0, 1, 1, 1]])
+    # class 0: 1 / 2; class 1: 2 / 3
+    assert P.mean_iou(pred, target, 3) == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert P.rmse(torch.tensor([1.0, 3.0]), torch.tensor([0.0, 0.0])) == pytest.approx(5**0.5)
+    iou = P.box_iou(torch.tensor([[0.0, 0.0, 2.0, 2.0]]), torch.tensor([[1.0, 1.0, 3.0, 3.0], [0.0, 0.0, 2.0, 2.0]]))
+    assert iou.tolist() == [[pytest.approx(1 / 7), 1.0]]
+
+
+def test_dense_probes_on_a_smoke_model(scenes) -> None:
+    model = build_model(MODEL, seed=0)
+    feats = A.collect(model, scenes.image[:300], scenes.label[:300])
+    res = P.dense_probes(feats, scenes.seg[:300], scenes.depth[:300], num_seg_classes=len(SCENES.shapes) + 1)
+    # even random features separate objects from the flat background better than guessing
+    background_only = P.mean_iou(torch.zeros_like(scenes.seg[150:300]), scenes.seg[150:300], 5)
+    assert res.segmentation_miou > background_only
+    assert res.depth_rmse < float(scenes.depth[150:300].std())
+    assert 0 <= res.classification <= 1
+
+
+def test_toolkit_figures_save_for_a_thesis(planted, tmp_path) -> None:
+    _, feats, _ = planted
+    out = A.detect_outliers(feats, 1, k=K)
+    norms = A.token_norms(feats.blocks, MODEL)
+    figs = [
+        plots.norm_histogram({k: v[:, 1] for k, v in norms.items()}, k=4, label="block 1"),
+        plots.norms_per_layer(out.ratio.max(-1).values[:, None].expand(-1, 3), torch.full((3,), out.share)),
+        plots.attention_maps(feats.images, {"[CLS]": A.attention_to_patches(feats),
+                                            "PCA": A.pca_rgb(feats.blocks[:, 2, MODEL.num_prefix_tokens:], 8)}),
+        plots.neighbour_similarity(A.neighbour_similarity(feats), out.mask),
+        plots.local_probes(P.local_probes(feats, out, 1)),
+        plots.token_probe(P.single_token_probe(feats, out, 1), chance=1 / SCENES.num_classes),
+    ]
+    for i, fig in enumerate(figs):
+        plots.save(fig, str(tmp_path / f"fig{i}.pdf"))
+        assert (tmp_path / f"fig{i}.pdf").stat().st_size > 1000

@@ -1,0 +1,343 @@
+"""Probes: small models trained on frozen tokens to ask what the tokens know.
+
+Every probe is linear and deterministic (full-batch L-BFGS for classifiers, closed-form ridge
+for regressions, on standardised features), fitted on one set of images and scored on
+another. Which paper result each one serves:
+
+* :func:`local_probes` -- Fig. 5b: predicting a token's *position* and reconstructing its
+  *pixels*, trained on normal tokens, scored on normal vs outlier tokens;
+* :func:`single_token_probe` -- Table 1: classifying the image from one token (a random normal
+  patch token, a random outlier token, [CLS], a register);
+* :func:`dense_probes` -- Table 2: classification from [CLS], segmentation mIoU and depth RMSE
+  from patch tokens;
+* :func:`lost` and :func:`corloc` -- Table 3: unsupervised object discovery with LOST.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .analysis import Features, Outliers, tokens_at
+
+__all__ = ["fit_softmax", "fit_ridge", "split_images", "local_probes", "single_token_probe",
+           "mean_iou", "rmse", "dense_probes", "lost", "box_iou", "corloc", "DenseResult"]
+
+
+# --- linear models ------------------------------------------------------------------------------
+
+
+def _standardise(train: Tensor, *others: Tensor) -> list[Tensor]:
+    mu, sd = train.mean(0), train.std(0).clamp_min(1e-6)
+    return [(x - mu) / sd for x in (train, *others)]
+
+
+def fit_softmax(x: Tensor, y: Tensor, num_classes: int, weight_decay: float = 1e-3,
+                steps: int = 100) -> torch.nn.Linear:
+    """Multinomial logistic regression by full-batch L-BFGS (deterministic). ``x`` (n, d), ``y`` (n,)."""
+    lin = torch.nn.Linear(x.shape[1], num_classes, dtype=torch.float64)
+    torch.nn.init.zeros_(lin.weight)
+    torch.nn.init.zeros_(lin.bias)
+    opt = torch.optim.LBFGS(lin.parameters(), lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+    xd = x.double()
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(lin(xd), y) + weight_decay * lin.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return lin
+
+
+def fit_ridge(x: Tensor, y: Tensor, alpha: float = 1e-2) -> tuple[Tensor, Tensor]:
+    """Ridge regression in closed form; returns ``(W, b)`` with ``y ~ x @ W + b``."""
+    xd, yd = x.double(), y.double()
+    mx, my = xd.mean(0), yd.mean(0)
+    xc = xd - mx
+    W = torch.linalg.solve(xc.T @ xc + alpha * len(x) * torch.eye(x.shape[1], dtype=xd.dtype), xc.T @ (yd - my))
+    return W, my - mx @ W
+
+
+def split_images(n: int, train_share: float = 0.5, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """A seeded split of image indices into probe-training and probe-test images."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    k = int(round(n * train_share))
+    return perm[:k], perm[k:]
+
+
+# --- local information (Fig. 5b) -----------------------------------------------------------------
+
+
+def _patch_pixels(images: Tensor, patch: int) -> Tensor:
+    """``(B, N, patch*patch*3)`` raw pixels of every patch."""
+    B, C, H, W = images.shape
+    x = images.reshape(B, C, H // patch, patch, W // patch, patch)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(B, (H // patch) * (W // patch), C * patch * patch)
+
+
+def local_probes(feats: Features, outliers: Outliers, layer: int | str = -1, seed: int = 0,
+                 max_train_tokens: int = 20_000) -> dict[str, dict[str, float]]:
+    """Position and pixel-reconstruction probes, trained on normal tokens (paper Fig. 5b).
+
+    Args:
+        feats: from :func:`~regvit_lib.analysis.collect`.
+        outliers: which tokens are outliers (e.g. ``detect_outliers(feats, layer)``).
+        layer: which tokens to probe: the layer the outliers were detected in (default: the
+            last block's output).
+        seed: the image split and the subsample of training tokens.
+        max_train_tokens: cap on normal tokens used to fit.
+
+    Returns:
+        ``{"normal": {...}, "outlier": {...}}`` with ``position_top1`` (accuracy),
+        ``position_distance`` (mean grid distance between predicted and true patch, in
+        patches), ``reconstruction_l2`` (mean squared error per pixel value, images in [0, 1])
+        and ``tokens`` (how many were scored). Outlier scores are NaN when there are none.
+    """
+    patch = tokens_at(feats, layer)["patch"]  # (B, N, D)
+    B, N, D = patch.shape
+    g = feats.grid
+    pixels = _patch_pixels(feats.images, feats.cfg.patch_size)  # (B, N, p*p*3)
+    pos = torch.arange(N).expand(B, N)
+    tr, te = split_images(B, seed=seed)
+    fit = ~outliers.mask[tr]
+    x_tr, y_tr, px_tr = patch[tr][fit], pos[tr][fit], pixels[tr][fit]
+    if len(x_tr) > max_train_tokens:
+        keep = torch.randperm(len(x_tr), generator=torch.Generator().manual_seed(seed))[:max_train_tokens]
+        x_tr, y_tr, px_tr = x_tr[keep], y_tr[keep], px_tr[keep]
+    x_te_all = patch[te]
+    xs = _standardise(x_tr, x_te_all.reshape(-1, D))
+    clf = fit_softmax(xs[0], y_tr, N)
+    W, b = fit_ridge(xs[0], px_tr)
+    x_te = xs[1].reshape(len(te), N, D)
+    out: dict[str, dict[str, float]] = {}
+    for name, sel in (("normal", ~outliers.mask[te]), ("outlier", outliers.mask[te])):
+        if not sel.any():
+            out[name] = {"position_top1": float("nan"), "position_distance": float("nan"),
+                         "reconstruction_l2": float("nan"), "tokens": 0}
+            continue
+        with torch.no_grad():
+            pred = clf(x_te[sel].double()).argmax(-1)
+        true = pos[te][sel]
+        dist = torch.hypot((pred // g - true // g).double(), (pred % g - true % g).double())
+        recon = x_te[sel].double() @ W + b
+        out[name] = {"position_top1": float((pred == true).double().mean()),
+                     "position_distance": float(dist.mean()),
+                     "reconstruction_l2": float((recon - pixels[te][sel].double()).pow(2).mean()),
+                     "tokens": int(sel.sum())}
+    return out
+
+
+# --- global information (Table 1) ------------------------------------------------------------
+
+
+def single_token_probe(feats: Features, outliers: Outliers, layer: int | str = -1,
+                       seed: int = 0) -> dict[str, dict[str, float]]:
+    """Classify each image from a single token (paper Table 1).
+
+    Per image, one random *normal* patch token and one random *outlier* token are drawn (seeded);
+    [CLS] and each register are used as they are. A logistic regression per kind is fitted on
+    half of the images (only images that have an outlier, so all kinds see the same images) and
+    scored on the other half.
+
+    Returns:
+        ``{kind: {"accuracy": ..., "images": ...}}`` for ``normal``, ``outlier``, ``cls`` and
+        ``reg<i>``; without any outlier image, only the kinds that exist, over all images.
+    """
+    if feats.labels is None:
+        raise ValueError("single_token_probe needs features collected with labels")
+    parts = tokens_at(feats, layer)
+    patch = parts["patch"]
+    B, N, _ = patch.shape
+    gen = torch.Generator().manual_seed(seed)
+    has_outlier = outliers.mask.any(1)
+    images = torch.nonzero(has_outlier)[:, 0] if has_outlier.sum() >= 4 else torch.arange(B)
+
+    def pick(mask_row: Tensor) -> int:
+        idx = torch.nonzero(mask_row)[:, 0]
+        return int(idx[torch.randint(len(idx), (1,), generator=gen)]) if len(idx) else -1
+
+    kinds: dict[str, Tensor] = {}
+    normal_idx = torch.tensor([pick(~outliers.mask[i]) for i in images.tolist()])
+    kinds["normal"] = patch[images, normal_idx.clamp_min(0)]
+    if has_outlier.sum() >= 4:
+        kinds["outlier"] = patch[images, torch.tensor([pick(outliers.mask[i]) for i in images.tolist()])]
+    if "cls" in parts:
+        kinds["cls"] = parts["cls"][images]
+    for r in range(parts["reg"].shape[1]):
+        kinds[f"reg{r}"] = parts["reg"][images, r]
+    y = feats.labels[images]
+    C = int(feats.labels.max()) + 1
+    tr, te = split_images(len(images), seed=seed)
+    out = {}
+    for name, x in kinds.items():
+        x_tr, x_te = _standardise(x[tr], x[te])
+        clf = fit_softmax(x_tr, y[tr], C)
+        with torch.no_grad():
+            acc = float((clf(x_te.double()).argmax(-1) == y[te]).double().mean())
+        out[name] = {"accuracy": acc, "images": len(te)}
+    return out
+
+
+# --- dense tasks (Table 2) -----------------------------------------------------------------------
+
+
+def mean_iou(pred: Tensor, target: Tensor, num_classes: int) -> float:
+    """Mean intersection-over-union over the classes present in ``target`` or ``pred``."""
+    ious = []
+    for c in range(num_classes):
+        p, t = pred == c, target == c
+        union = (p | t).sum()
+        if union > 0:
+            ious.append(float((p & t).sum()) / float(union))
+    return float(np.mean(ious))
+
+
+def rmse(pred: Tensor, target: Tensor) -> float:
+    return float((pred.double() - target.double()).pow(2).mean().sqrt())
+
+
+def _upsample(patch_values: Tensor, grid: int, patch: int) -> Tensor:
+    """``(B, N, ...)`` per-patch values to ``(B, H, W, ...)`` pixels (nearest)."""
+    B = patch_values.shape[0]
+    x = patch_values.reshape(B, grid, grid, *patch_values.shape[2:])
+    return x.repeat_interleave(patch, 1).repeat_interleave(patch, 2)
+
+
+@dataclass
+class DenseResult:
+    """Linear-probe scores on frozen tokens (paper Table 2)."""
+
+    classification: float  # accuracy of a linear classifier on [CLS] (or the patch mean)
+    segmentation_miou: float  # per-pixel mIoU of a per-patch linear classifier
+    depth_rmse: float  # per-pixel RMSE of a per-patch linear regression of depth
+
+    def as_dict(self) -> dict[str, float]:
+        return {"classification": self.classification, "segmentation_miou": self.segmentation_miou,
+                "depth_rmse": self.depth_rmse}
+
+
+def dense_probes(feats: Features, seg: Tensor, depth: Tensor, num_seg_classes: int,
+                 seed: int = 0, max_train_tokens: int = 30_000) -> DenseResult:
+    """Classification, segmentation and depth linear probes on the final tokens (Table 2).
+
+    Per patch, the segmentation target is the most frequent class among its pixels and the
+    depth target its mean depth; predictions are upsampled to pixels (nearest) and scored
+    against the full-resolution labels of held-out images.
+
+    Args:
+        feats: from :func:`~regvit_lib.analysis.collect` with labels.
+        seg: ``(B, H, W)`` int class map; depth: ``(B, H, W)``.
+        num_seg_classes: number of segmentation classes (background included).
+    """
+    if feats.labels is None:
+        raise ValueError("dense_probes needs features collected with labels")
+    parts = tokens_at(feats, "final")
+    patch = parts["patch"]
+    B, N, D = patch.shape
+    g, p = feats.grid, feats.cfg.patch_size
+    tr, te = split_images(B, seed=seed)
+    # classification on [CLS] (or the mean patch token without one)
+    pooled = parts["cls"] if "cls" in parts else patch.mean(1)
+    c_tr, c_te = _standardise(pooled[tr], pooled[te])
+    C = int(feats.labels.max()) + 1
+    clf = fit_softmax(c_tr, feats.labels[tr], C)
+    with torch.no_grad():
+        cls_acc = float((clf(c_te.double()).argmax(-1) == feats.labels[te]).double().mean())
+    # per-patch targets
+    seg_p = seg[:, : g * p, : g * p].reshape(B, g, p, g, p).permute(0, 1, 3, 2, 4).reshape(B, N, p * p)
+    seg_target = torch.mode(seg_p, dim=-1).values  # (B, N)
+    depth_target = depth[:, : g * p, : g * p].reshape(B, g, p, g, p).mean((2, 4)).reshape(B, N)
+    x_tr, x_te = patch[tr].reshape(-1, D), patch[te].reshape(-1, D)
+    ys, yd = seg_target[tr].reshape(-1), depth_target[tr].reshape(-1)
+    if len(x_tr) > max_train_tokens:
+        keep = torch.randperm(len(x_tr), generator=torch.Generator().manual_seed(seed))[:max_train_tokens]
+        x_tr, ys, yd = x_tr[keep], ys[keep], yd[keep]
+    x_tr, x_te = _standardise(x_tr, x_te)
+    seg_clf = fit_softmax(x_tr, ys, num_seg_classes)
+    W, b = fit_ridge(x_tr, yd[:, None])
+    with torch.no_grad():
+        seg_pred = seg_clf(x_te.double()).argmax(-1).reshape(len(te), N)
+    depth_pred = (x_te.double() @ W + b).reshape(len(te), N)
+    H = g * p
+    miou = mean_iou(_upsample(seg_pred, g, p), seg[te][:, :H, :H], num_seg_classes)
+    err = rmse(_upsample(depth_pred, g, p), depth[te][:, :H, :H])
+    return DenseResult(cls_acc, miou, err)
+
+
+# --- object discovery (Table 3) ------------------------------------------------------------------
+
+
+def lost(keys: Tensor, grid: int, patch: int, k: int = 100) -> Tensor:
+    """LOST (Simeoni et al. 2021): one object box per image from patch features, no training.
+
+    1. Patch similarity ``A = F F^T``; a patch's *degree* is its number of positive
+       similarities. Background patches resemble many others, so the patch with the lowest
+       degree is the **seed**, taken to lie on an object.
+    2. The seed is expanded to the ``k`` lowest-degree patches positively correlated with it.
+    3. Patches positively correlated with that set (sum of similarities > 0) form a mask; the
+       box is the bounding box of the mask's 4-connected component that holds the seed.
+
+    Args:
+        keys: ``(B, N, D)`` patch features (LOST uses the last layer's keys).
+        grid: patches per side; patch: pixels per patch (to scale the box).
+        k: size of the seed expansion.
+
+    Returns:
+        ``(B, 4)`` boxes ``(x0, y0, x1, y1)`` in pixels, x1/y1 exclusive.
+    """
+    boxes = []
+    for f in keys.double():
+        A = f @ f.T  # (N, N)
+        degree = (A > 0).sum(1)
+        seed = int(torch.argmin(degree))
+        order = torch.argsort(degree)
+        potentials = order[: min(k, len(order))]
+        expanded = potentials[A[seed, potentials] > 0]
+        mask = (A[:, expanded].sum(1) > 0).reshape(grid, grid)
+        comp = _component(mask, divmod(seed, grid))
+        ys, xs = torch.nonzero(comp, as_tuple=True)
+        boxes.append([int(xs.min()) * patch, int(ys.min()) * patch, (int(xs.max()) + 1) * patch,
+                      (int(ys.max()) + 1) * patch])
+    return torch.tensor(boxes, dtype=torch.float32)
+
+
+def _component(mask: Tensor, start: tuple[int, int]) -> Tensor:
+    """The 4-connected component of ``mask`` containing ``start`` (the start is always in it)."""
+    g = mask.shape[0]
+    comp = torch.zeros_like(mask)
+    stack = [start]
+    m = mask.clone()
+    m[start] = True
+    while stack:
+        y, x = stack.pop()
+        if not (0 <= y < g and 0 <= x < mask.shape[1]) or comp[y, x] or not m[y, x]:
+            continue
+        comp[y, x] = True
+        stack += [(y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)]
+    return comp
+
+
+def box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of boxes ``a`` (n, 4) against ``b`` (m, 4), ``(x0, y0, x1, y1)`` -> (n, m)."""
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp_min(0).prod(-1)
+    area = lambda x: (x[:, 2:] - x[:, :2]).clamp_min(0).prod(-1)  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
+
+
+def corloc(pred: Tensor, gt_boxes: Tensor, gt_valid: Tensor, threshold: float = 0.5) -> float:
+    """Share of images whose predicted box has IoU >= ``threshold`` with any ground-truth box.
+
+    Args:
+        pred: ``(B, 4)``; gt_boxes: ``(B, K, 4)``; gt_valid: ``(B, K)`` bool.
+    """
+    hits = [bool((box_iou(p[None], g[v]) >= threshold).any()) if v.any() else False
+            for p, g, v in zip(pred, gt_boxes, gt_valid)]
+    return float(np.mean(hits))

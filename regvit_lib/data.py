@@ -49,7 +49,7 @@ from .config import ConfigError, _check_choice, _check_int
 
 __all__ = [
     "SHAPES", "BACKGROUNDS", "SPLITS", "ScenesConfig", "SceneBatch", "render_scenes",
-    "ImageData", "DataConfig", "DataSource", "make_source", "batch_indices", "sample_photo",
+    "FractalConfig", "render_fractals", "ImageData", "DataConfig", "DataSource", "make_source", "batch_indices", "sample_photo",
     "normalize", "IMAGENET_MEAN", "IMAGENET_STD", "scene_stats",
 ]
 
@@ -392,6 +392,91 @@ def scene_stats(cfg: ScenesConfig, patch_size: int, split: str = "val", n: int =
     }
 
 
+# --- formula-driven fractals (FractalDB-style) ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FractalConfig:
+    """Iterated-function-system fractals on black, FractalDB-style (Kataoka et al. 2020).
+
+    Each class is one random IFS: ``maps`` affine maps ``p -> A p + b`` with contractive ``A``,
+    drawn from ``(seed, class)``. An image of a class renders ``points`` points of its attractor
+    (the chaos game, run in parallel chains), with every coefficient jittered by up to
+    ``jitter`` (relative), in one random bright colour, fitted into the frame. Almost all of the
+    canvas is exactly black: the most redundant background there is. Like the scenes, an image
+    is a pure function of (seed, split, index) and the splits never share an image.
+    """
+
+    img_size: int = 32
+    num_classes: int = 10
+    maps: int = 3  # affine maps per IFS
+    points: int = 600  # attractor points drawn per image
+    jitter: float = 0.05  # per-image relative perturbation of the IFS coefficients
+    train_size: int = 50_000
+    val_size: int = 2_000
+    test_size: int = 2_000
+    seed: int = 0
+    kind: Literal["fractals"] = "fractals"
+
+    def __post_init__(self) -> None:
+        for name, minimum in (("img_size", 8), ("num_classes", 2), ("maps", 2), ("points", 16), ("seed", 0),
+                              ("train_size", 1), ("val_size", 1), ("test_size", 1)):
+            _check_int(name, getattr(self, name), minimum)
+        if not 0.0 <= self.jitter < 0.5:
+            raise ConfigError(f"jitter must be in [0, 0.5), got {self.jitter!r}")
+        _check_choice("kind", self.kind, Literal["fractals"])
+
+    def split_size(self, split: str) -> int:
+        _check_choice("split", split, Split)
+        return int(getattr(self, f"{split}_size"))
+
+
+def _ifs(cfg: FractalConfig, labels: np.ndarray, jitter: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per image, the (jittered) maps of its class: ``A`` (B, M, 2, 2), ``b`` (B, M, 2)."""
+    M = cfg.maps
+    # The class's IFS: a hash of (seed, class) only, shared by all splits ("test" keys ignored).
+    u = _uniforms(cfg.seed + 7_919, "test", np.arange(cfg.num_classes), 6 * M).reshape(cfg.num_classes, M, 6)
+    A = (2 * u[..., :4] - 1).reshape(cfg.num_classes, M, 2, 2)
+    # Contractive: scale each map to a spectral norm in [0.3, 0.8].
+    norm = np.linalg.norm(A, ord=2, axis=(2, 3))[..., None, None]
+    A = A / norm * (0.3 + 0.5 * u[..., 4:5, None])
+    b = 2 * u[..., 4:6] - 1
+    A = A[labels] * (1 + cfg.jitter * (2 * jitter[:, : 4 * M].reshape(-1, M, 2, 2) - 1))
+    b = b[labels] * (1 + cfg.jitter * (2 * jitter[:, 4 * M : 6 * M].reshape(-1, M, 2) - 1))
+    return A, b
+
+
+def render_fractals(cfg: FractalConfig, split: str, indices: Sequence[int] | np.ndarray | Tensor,
+                    device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
+    """Images ``(B, 3, H, W)`` in [0, 1] and class labels ``(B,)`` of fractal images."""
+    n = cfg.split_size(split)
+    idx = np.asarray(indices.cpu() if isinstance(indices, Tensor) else indices, dtype=np.int64).reshape(-1)
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        bad = idx[(idx < 0) | (idx >= n)][0]
+        raise IndexError(f"fractal index {bad} is outside the {split!r} split of size {n}")
+    B, M, Pn, H = idx.size, cfg.maps, cfg.points, cfg.img_size
+    d = _Draws(_uniforms(cfg.seed, split, idx, 1 + 6 * M + 3 + 2 * Pn + 12 * Pn))
+    labels = np.minimum((d.take() * cfg.num_classes).astype(np.int64), cfg.num_classes - 1)
+    A, b = _ifs(cfg, labels, d.take(6 * M).reshape(B, 6 * M))
+    colour = 0.5 + 0.5 * d.take(3).reshape(B, 3)
+    dev = torch.device(device)
+    At, bt = torch.as_tensor(A, dtype=torch.float32, device=dev), torch.as_tensor(b, dtype=torch.float32, device=dev)
+    p = torch.as_tensor(2 * d.take(2 * Pn).reshape(B, Pn, 2) - 1, dtype=torch.float32, device=dev)
+    choice = torch.as_tensor(np.minimum((d.take(12 * Pn).reshape(B, 12, Pn) * M).astype(np.int64), M - 1), device=dev)
+    rows = torch.arange(B, device=dev)[:, None]
+    for t in range(12):  # the chaos game, one step for every chain at once
+        m = choice[:, t]  # (B, Pn)
+        p = (At[rows, m] @ p[..., None])[..., 0] + bt[rows, m]
+    lo, hi = p.amin(1, keepdim=True), p.amax(1, keepdim=True)
+    scale = (hi - lo).amax(-1, keepdim=True).clamp_min(1e-6)
+    p = (p - lo - (hi - lo - scale) / 2) / scale  # fit the longer side into [0, 1]
+    xy = (p * (H - 2) + 1).round().long().clamp(0, H - 1)  # one-pixel margin
+    canvas = torch.zeros(B, H * H, device=dev)
+    canvas.scatter_(1, xy[..., 1] * H + xy[..., 0], 1.0)
+    image = canvas.reshape(B, 1, H, H) * torch.as_tensor(colour, dtype=torch.float32, device=dev)[:, :, None, None]
+    return image, torch.as_tensor(labels, device=dev)
+
+
 # --- real images --------------------------------------------------------------------------------
 
 RealName = Literal["cifar10", "stl10", "imagenette", "folder"]
@@ -422,7 +507,7 @@ class ImageData:
         _check_choice("kind", self.kind, Literal["images"])
 
 
-DataConfig = ScenesConfig | ImageData
+DataConfig = ScenesConfig | FractalConfig | ImageData
 
 
 class DataSource:
@@ -538,10 +623,26 @@ class _ImageSource(DataSource):
         return images, labels
 
 
+class _FractalSource(DataSource):
+    cfg: FractalConfig
+
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.num_classes
+
+    def split_size(self, split: str) -> int:
+        return self.cfg.split_size(split)
+
+    def batch(self, split: str, indices: np.ndarray, device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
+        return render_fractals(self.cfg, split, indices, device)
+
+
 def make_source(cfg: DataConfig) -> DataSource:
-    """The :class:`DataSource` of a data config (scenes or real images)."""
+    """The :class:`DataSource` of a data config (scenes, fractals or real images)."""
     if isinstance(cfg, ScenesConfig):
         return _ScenesSource(cfg)
+    if isinstance(cfg, FractalConfig):
+        return _FractalSource(cfg)
     if isinstance(cfg, ImageData):
         return _ImageSource(cfg)
     raise ConfigError(f"unknown data config {cfg!r}")

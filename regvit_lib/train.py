@@ -40,7 +40,7 @@ from tqdm import tqdm
 from .summaries import norm_summary, sink_summary, token_norms
 from .cache import CacheCorruptError, RunStore
 from .config import ConfigError, ModelConfig, _check_choice, _check_int
-from .data import DataConfig, DataSource, ScenesConfig, batch_indices, make_source, normalize
+from .data import DataConfig, DataSource, FractalConfig, ScenesConfig, batch_indices, make_source, normalize
 from .model import RegViT, build_model, count_parameters
 
 __all__ = ["TrainConfig", "RunConfig", "TrainedRun", "get_lr", "train", "evaluate"]
@@ -104,9 +104,9 @@ class RunConfig:
         _check_int("seed", self.seed, 0)
         if self.model.img_size != self.data.img_size:
             raise ConfigError(f"model img_size={self.model.img_size} but data img_size={self.data.img_size}")
-        if isinstance(self.data, ScenesConfig) and self.model.num_classes != self.data.num_classes:
-            raise ConfigError(f"model num_classes={self.model.num_classes} but the scenes have "
-                              f"{self.data.num_classes} classes ({self.data.shapes})")
+        if isinstance(self.data, (ScenesConfig, FractalConfig)) and self.model.num_classes != self.data.num_classes:
+            raise ConfigError(f"model num_classes={self.model.num_classes} but the {self.data.kind} have "
+                              f"{self.data.num_classes} classes")
         if self.model.num_classes == 0:
             raise ConfigError("supervised training needs num_classes >= 1")
 

@@ -169,3 +169,28 @@ def test_data_card_is_written_from_measurements(tmp_path) -> None:
     # the committed card is the one the code writes (same measured numbers)
     committed = json.loads((Path(__file__).parents[1] / "data" / "scenes" / "stats.json").read_text())
     assert committed["cpu"]["object_pixels"] == pytest.approx(scene_stats(get_profile("cpu").data, 4)["object_pixels"])
+
+
+def test_fractals_are_deterministic_class_consistent_and_mostly_black() -> None:
+    from regvit_lib.data import FractalConfig, render_fractals
+
+    cfg = FractalConfig(img_size=32, num_classes=5, train_size=500, val_size=200, test_size=200)
+    x, y = render_fractals(cfg, "train", np.arange(200))
+    x2, y2 = render_fractals(cfg, "train", np.arange(200))
+    assert torch.equal(x, x2) and torch.equal(y, y2) and set(y.tolist()) == set(range(5))
+    assert x.shape == (200, 3, 32, 32) and 0.8 < float((x.sum(1) == 0).float().mean()) < 0.99
+    # images of one class look alike (same IFS, small jitter) and unlike other classes
+    flat = (x.sum(1) > 0).float().flatten(1)
+    flat = flat / flat.norm(dim=1, keepdim=True)
+    sim = flat @ flat.T
+    same = (y[:, None] == y[None, :]) & ~torch.eye(200, dtype=torch.bool)
+    assert sim[same].mean() > 2 * sim[y[:, None] != y[None, :]].mean()
+    tr = {hashlib.sha256(im.numpy().tobytes()).hexdigest() for im in x}
+    va = {hashlib.sha256(im.numpy().tobytes()).hexdigest() for im in render_fractals(cfg, "val", np.arange(200))[0]}
+    assert not tr & va
+    with pytest.raises(ConfigError, match="jitter must be in"):
+        FractalConfig(jitter=0.7)
+    with pytest.raises(IndexError, match="fractal index 200 is outside the 'val' split"):
+        render_fractals(cfg, "val", [200])
+    src = make_source(cfg)
+    assert src.num_classes == 5 and src.batch("test", np.arange(3))[0].shape == (3, 3, 32, 32)

@@ -11,13 +11,13 @@ setup:
 	@bash .ci/setup
 
 book: setup
-	PATH="$(BIN):$$PATH" "$(BIN)/jupyter-book" build .
+	PATH="$(BIN):$$PATH" "$(BIN)/jupyter-book" build --all .
 
 test: setup
 	$(PY) -m mypy regvit_lib
 	PATH="$(BIN):$$PATH" $(PY) -m pytest tests
 	PATH="$(BIN):$$PATH" REGVIT_PROFILE=smoke $(PY) -m pytest --nbval chapters
-	PATH="$(BIN):$$PATH" REGVIT_PROFILE=smoke "$(BIN)/jupyter-book" build --warningiserror --keep-going .
+	PATH="$(BIN):$$PATH" REGVIT_PROFILE=smoke "$(BIN)/jupyter-book" build --all --warningiserror --keep-going .
 
 clean:
 	rm -rf _build

@@ -43,7 +43,7 @@ from .summaries import RATIO_BINS, norm_summary, sink_summary, token_norms
 
 __all__ = ["RATIO_BINS", "OUTLIER_K", "Features", "as_regvit", "collect", "tokens_at", "token_norms",
            "Outliers", "detect_outliers", "neighbour_similarity", "attention_to_patches", "pca_rgb",
-           "lost_keys", "plant_outliers", "norm_summary", "sink_summary"]
+           "lost_keys", "plant_outliers", "positive_control", "norm_summary", "sink_summary"]
 
 OUTLIER_K = 4.0  # a patch token is an outlier above OUTLIER_K x its image's median norm
 
@@ -299,3 +299,24 @@ def plant_outliers(model: RegViT, layer: int, positions: Tensor, factor: float =
         yield
     finally:
         handle.remove()
+
+
+def positive_control(model: RegViT, images: Tensor, labels: Tensor | None, layer: int, factor: float = 10.0,
+                     per_image: int = 2, seed: int = 0) -> tuple[Features, Features, Tensor]:
+    """The same images through ``model`` as it is, and with outliers planted at ``layer``.
+
+    ``per_image`` random patch positions per image (seeded) get the image's mean patch token at
+    ``factor`` x the median norm (:func:`plant_outliers`, ``content="global"``). A *positive
+    control*: it shows what every measurement reads when outliers are present; it is never the
+    phenomenon itself.
+
+    Returns:
+        ``(natural, planted, positions)``, positions ``(B, per_image)``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    N = model.cfg.num_patches
+    pos = torch.stack([torch.randperm(N, generator=g)[:per_image] for _ in range(images.shape[0])])
+    natural = collect(model, images, labels)
+    with plant_outliers(model, layer, pos, factor=factor, content="global"):
+        planted = collect(model, images, labels)
+    return natural, planted, pos

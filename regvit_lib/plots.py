@@ -18,7 +18,7 @@ from .data import SceneBatch
 
 __all__ = ["use_style", "TOKEN_COLORS", "patch_grid", "token_layout", "register_overhead",
            "scenes_grid", "scene_labels", "training_curves", "norm_histogram", "norms_per_layer",
-           "attention_maps", "neighbour_similarity", "local_probes", "token_probe", "save"]
+           "attention_maps", "neighbour_similarity", "local_probes", "token_probe", "emergence", "save"]
 
 # One colour per token kind, used by every figure of the book.
 TOKEN_COLORS = {"cls": "#d62728", "reg": "#2ca02c", "patch": "#1f77b4"}
@@ -330,6 +330,40 @@ def token_probe(results: dict[str, dict[str, float]], chance: float | None = Non
         ax.axhline(chance, color="black", ls=":", lw=1, label="chance")
         ax.legend(fontsize=8)
     ax.set_ylabel("linear-probe accuracy")
+    return fig
+
+
+def emergence(rows: list[dict], paper_ratio: float | None = 10.0) -> Figure:
+    """The emergence study on a compute axis: norm ratio and sink mass of every run.
+
+    Left: the largest per-image max/median patch-norm ratio (mean over images, best block >= 1)
+    at the end of each run; the compute runs are also drawn over their training. Right: the
+    attention mass of the strongest sink. ``paper_ratio``: the ~10x of the paper's outliers.
+
+    Args:
+        rows: :func:`regvit_lib.study.run_study` rows (or ``load_study(...)["rows"]``).
+    """
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9.5, 3.6), layout="constrained")
+    axes = sorted({r["axis"] for r in rows})
+    cmap = plt.get_cmap("tab10")
+    for i, axis in enumerate(axes):
+        pts = [r for r in rows if r["axis"] == axis]
+        x = [r["train_flops"] for r in pts]
+        a.scatter(x, [r["final_ratio_mean"] for r in pts], color=cmap(i), label=axis, zorder=3)
+        b.scatter(x, [r["final_sink_mass"] for r in pts], color=cmap(i), label=axis, zorder=3)
+    for r in rows:
+        if r["axis"] in ("compute", "baseline"):
+            c = [p for p in r["curve"] if p["train_flops"] > 0]
+            a.plot([p["train_flops"] for p in c], [p["ratio_mean"] for p in c], color="grey", lw=0.8, alpha=0.6)
+            b.plot([p["train_flops"] for p in c], [p["sink_mass"] for p in c], color="grey", lw=0.8, alpha=0.6)
+    if paper_ratio:
+        a.axhline(paper_ratio, color="black", ls="--", lw=1, label=f"paper's outliers (~{paper_ratio:g}x)")
+    for ax, ylabel in ((a, "max / median patch norm"), (b, "sink: attention mass on one key")):
+        ax.set_xscale("log")
+        ax.set_xlabel("training FLOPs")
+        ax.set_ylabel(ylabel)
+    a.set_yscale("log")
+    a.legend(fontsize=7)
     return fig
 
 

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .analysis import Features, Outliers, tokens_at
 
-__all__ = ["fit_softmax", "fit_ridge", "split_images", "local_probes", "single_token_probe",
+__all__ = ["probe_summary", "fit_softmax", "fit_ridge", "split_images", "local_probes", "single_token_probe",
            "mean_iou", "rmse", "dense_probes", "lost", "box_iou", "corloc", "DenseResult"]
 
 
@@ -341,3 +341,17 @@ def corloc(pred: Tensor, gt_boxes: Tensor, gt_valid: Tensor, threshold: float = 
     hits = [bool((box_iou(p[None], g[v]) >= threshold).any()) if v.any() else False
             for p, g, v in zip(pred, gt_boxes, gt_valid)]
     return float(np.mean(hits))
+
+
+def probe_summary(feats: Features, outliers: Outliers, layer: int | str = -1, seed: int = 0) -> dict[str, float]:
+    """One row of the Fig. 5b / Table 1 measurements for a set of features, flat for a table."""
+    local = local_probes(feats, outliers, layer, seed)
+    single = single_token_probe(feats, outliers, layer, seed)
+    row = {"outlier share": outliers.share, "outlier / normal norm": outliers.norm_ratio}
+    for kind in ("normal", "outlier"):
+        row[f"position top-1, {kind}"] = local[kind]["position_top1"]
+        row[f"position distance, {kind}"] = local[kind]["position_distance"]
+        row[f"pixel L2, {kind}"] = local[kind]["reconstruction_l2"]
+    for kind in ("normal", "outlier", "cls"):
+        row[f"class from one {kind} token"] = single[kind]["accuracy"] if kind in single else float("nan")
+    return row

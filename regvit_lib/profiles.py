@@ -28,6 +28,13 @@ Registers add tokens (65 -> 66, 67, 69, 73, 81), about 8 % on average over the g
 ~135-175 s = 14-18 min, plus the chapters' probes: ~20 min for the whole book, once. Later
 builds read the cache (a cached run loads in 0.03 s).
 
+Recipe choice (the emergence study, ``data/emergence/cpu.json``, chapter "Ablations"): at
+``cpu`` scale no recipe produced background outliers. Longer training (600-1,200 steps) raised
+the largest norm ratios, but on *object* patches, and it weakened the attention sinks. The
+profile's 300-step recipe keeps the strongest sink precursor that fits the budget, because 600
+steps would double the book's training time. The ``gpu`` recipe is provisional until a GPU
+study exists.
+
 ``gpu`` -- ViT-S width (384, depth 12, 6 heads, 21.4 M parameters) at 64 px, patch 4 (256
 patches, the token count of a ViT at 224 px / patch 14): 12.1 GFLOPs forward, 36 GFLOPs to
 train on one image. At a planning rate of 250 TFLOP/s sustained in bf16 on one H100 (~35 % of

@@ -31,13 +31,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
 
-from .data import FractalConfig
+from .analysis import collect, neighbour_similarity, tokens_at
+from .data import DataConfig, FractalConfig, ScenesConfig, make_source, render_scenes
 from .profiles import Profile, get_profile
 from .summaries import RATIO_BINS
 from .train import RunConfig, TrainedRun, train
 
-__all__ = ["study_points", "summarize", "run_study", "main"]
+__all__ = ["study_points", "summarize", "run_study", "study_table", "load_study", "stored_study", "headline",
+           "STUDY_DIR", "main"]
+
+# Where the stored study results live (committed; see data/README.md).
+STUDY_DIR = Path(__file__).resolve().parents[1] / "data" / "emergence"
 
 
 def study_points(profile: Profile) -> list[tuple[str, str, RunConfig]]:
@@ -99,19 +107,58 @@ def _record_summary(rec: dict[str, Any], k: float) -> dict[str, Any]:
     }
 
 
+def background_patches(data: DataConfig, images: Tensor, indices: np.ndarray, patch: int) -> Tensor:
+    """``(B, N)`` bool: patches that hold no object pixel (scenes) or only black pixels (fractals)."""
+    if isinstance(data, ScenesConfig):
+        obj = render_scenes(data, "val", indices).seg > 0  # (B, H, W)
+    else:
+        obj = images.sum(1) > 0
+    B, H, _ = obj.shape
+    g = H // patch
+    return ~obj[:, : g * patch, : g * patch].reshape(B, g, patch, g, patch).any(4).any(2).reshape(B, g * g)
+
+
+def placement(run: TrainedRun, layer: int, n_images: int = 256) -> dict[str, float]:
+    """Where the largest-norm patch token of each image sits (threshold-free, Fig. 5a).
+
+    Returns:
+        ``top_on_background`` (share of images whose largest-norm patch token in ``layer`` lies
+        on a background patch), ``background_patches`` (the base rate: share of all patches
+        that are background), ``top_similarity`` / ``all_similarity`` (mean cosine similarity
+        to the 4 neighbours after the patch embedding, of those tokens / of all patches).
+    """
+    src = make_source(run.config.data)
+    idx = np.arange(min(n_images, src.split_size("val")))
+    images, labels = src.batch("val", idx)
+    feats = collect(run.model, images, labels, attn=False)
+    norms = tokens_at(feats, layer)["patch"].norm(dim=-1)  # (B, N)
+    top = norms.argmax(1)
+    bg = background_patches(run.config.data, images, idx, run.config.model.patch_size)
+    sim = neighbour_similarity(feats)
+    rows = torch.arange(len(idx))
+    return {"top_on_background": float(bg[rows, top].float().mean()),
+            "background_patches": float(bg.float().mean()),
+            "top_similarity": float(sim[rows, top].mean()), "all_similarity": float(sim.mean())}
+
+
 def summarize(run: TrainedRun, k: float = 4.0) -> dict[str, Any]:
-    """One row of the study: the final evaluation's summary, plus its curve over training."""
+    """One row of the study: the final evaluation's summary, where the largest tokens sit, and
+    the curve over training."""
+    final = _record_summary(run.curves[-1], k)
     return {"key": run.key[:24], "params": run.metrics["params"], "train_flops": run.metrics["train_flops"],
             "test_acc": run.metrics["test_acc"], "train_seconds": run.metrics["train_seconds"],
-            "device": run.metrics["device"], **{f"final_{a}": b for a, b in _record_summary(run.curves[-1], k).items()},
+            "device": run.metrics["device"], **{f"final_{a}": b for a, b in final.items()},
+            **placement(run, final["ratio_mean_layer"]),
             "curve": [_record_summary(rec, k) for rec in run.curves]}
 
 
-def run_study(profile: Profile, root: Path | str | None = None, progress: bool = False,
-              k: float = 4.0) -> list[dict[str, Any]]:
-    """Train or load every point of the study; one summary row per point."""
+def run_study(profile: Profile, root: Path | str | None = None, progress: bool = False, k: float = 4.0,
+              axes: set[str] | None = None) -> list[dict[str, Any]]:
+    """Train or load every point of the study (or those of the given ``axes``); a row per point."""
     rows = []
     for axis, label, run in study_points(profile):
+        if axes is not None and axis not in axes:
+            continue
         t = time.perf_counter()
         trained = train(run, root=root, progress=progress)
         rows.append({"axis": axis, "label": label, "cached": trained.cached,
@@ -121,6 +168,73 @@ def run_study(profile: Profile, root: Path | str | None = None, progress: bool =
         print(f"{axis:10s} {label:40s} ratio {r['final_ratio_mean']:.2f} sink {r['final_sink_mass']:.2f} "
               f"({r['final_sink_kind']}) acc {r['test_acc']:.3f} {took}", file=sys.stderr)
     return rows
+
+
+def study_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The study as a table: one row per run, the final evaluation's numbers."""
+    return pd.DataFrame([{
+        "axis": r["axis"], "run": r["label"], "params (M)": r["params"] / 1e6,
+        "train PFLOPs": r["train_flops"] / 1e15, "test acc": r["test_acc"],
+        "max/median (mean over images)": r["final_ratio_mean"], "max/median (any image)": r["final_ratio_max"],
+        "outlier share": r["final_outlier_share"], "sink mass": r["final_sink_mass"],
+        "sink on": r["final_sink_kind"], "sink at a fixed token": r["final_sink_fixed"],
+        "largest token on background": r["top_on_background"], "background patches": r["background_patches"],
+    } for r in rows])
+
+
+def load_study(path: Path | str) -> dict[str, Any]:
+    """A study file written by :func:`main` (``data/emergence/<profile>.json``)."""
+    doc: dict[str, Any] = json.loads(Path(path).read_text())
+    return doc
+
+
+def stored_study(profile: str, folder: Path | str = STUDY_DIR) -> tuple[dict[str, Any], Path]:
+    """The stored study of ``profile``, or of ``cpu`` when there is none for it (e.g. ``smoke``).
+
+    Returns:
+        The document and the file it came from; the document's ``"profile"`` says which scale
+        the numbers belong to, and ``"command"`` how they were made.
+    """
+    folder = Path(folder)
+    for name in (profile, "cpu"):
+        path = folder / f"{name}.json"
+        if path.is_file():
+            return load_study(path), path
+    raise FileNotFoundError(f"no stored study in {folder}; run: python -m regvit_lib.study --profile {profile}")
+
+
+def headline(rows: list[dict[str, Any]], paper_ratio: float = 10.0) -> dict[str, Any]:
+    """The numbers a reader wants from the study, computed from its rows.
+
+    Returns:
+        ``best_ratio`` (largest final max/median ratio, mean over images) with its ``run`` and
+        ``layer``; ``best_ratio_any`` (over single images); ``best_share`` (largest outlier
+        share); ``best_sink`` (largest sink mass) with ``sink_run``, ``sink_kind``,
+        ``sink_fixed``; ``max_flops``; where the best run's largest tokens sit
+        (``top_on_background`` against the base rate ``background_patches``, ``top_similarity``
+        against ``all_similarity``) and ``max_top_on_background`` over all runs; and from the
+        compute axis ``slope`` (ratio gained per
+        10x compute) and ``flops_to_paper`` (the compute at which a straight line in log
+        compute would reach ``paper_ratio``; ``None`` if the ratio does not grow).
+    """
+    best = max(rows, key=lambda r: r["final_ratio_mean"])
+    sink = max(rows, key=lambda r: r["final_sink_mass"])
+    comp = sorted((r for r in rows if r["axis"] in ("compute", "baseline")), key=lambda r: r["train_flops"])
+    x = np.log10([r["train_flops"] for r in comp])
+    y = np.array([r["final_ratio_mean"] for r in comp])
+    slope, icpt = np.polyfit(x, y, 1) if len(comp) >= 2 else (0.0, float(y[0]) if len(y) else 0.0)
+    return {
+        "best_ratio": best["final_ratio_mean"], "run": best["label"], "layer": best["final_ratio_mean_layer"],
+        "best_ratio_any": max(r["final_ratio_max"] for r in rows),
+        "best_share": max(r["final_outlier_share"] for r in rows),
+        "best_sink": sink["final_sink_mass"], "sink_run": sink["label"], "sink_kind": sink["final_sink_kind"],
+        "sink_fixed": sink["final_sink_fixed"], "max_flops": max(r["train_flops"] for r in rows),
+        "top_on_background": best["top_on_background"], "background_patches": best["background_patches"],
+        "top_similarity": best["top_similarity"], "all_similarity": best["all_similarity"],
+        "max_top_on_background": max(r["top_on_background"] for r in rows),
+        "slope": float(slope),
+        "flops_to_paper": float(10 ** ((paper_ratio - icpt) / slope)) if slope > 1e-6 else None,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,9 +7,11 @@ glues the returned figure, and ``fig.savefig("x.pdf")`` gives a thesis-ready vec
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
 import torch
 from torch import Tensor
 
@@ -360,10 +362,17 @@ def emergence(rows: list[dict], paper_ratio: float | None = 10.0) -> Figure:
         a.axhline(paper_ratio, color="black", ls="--", lw=1, label=f"paper's outliers (~{paper_ratio:g}x)")
     for ax, ylabel in ((a, "max / median patch norm"), (b, "sink: attention mass on one key")):
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("training FLOPs")
         ax.set_ylabel(ylabel)
     a.set_yscale("log")
-    a.legend(fontsize=7)
+    a.yaxis.set_major_locator(FixedLocator([1, 1.5, 2, 3, 5, 10]))
+    a.yaxis.set_major_formatter(ScalarFormatter())
+    a.yaxis.set_minor_formatter(NullFormatter())
+    xs = [p["train_flops"] for r in rows for p in r["curve"] if p["train_flops"] > 0]
+    for ax in (a, b):  # whole decades, so the axis always has labelled ticks
+        ax.set_xlim(10 ** np.floor(np.log10(min(xs))), 10 ** np.ceil(np.log10(max(xs))))
+    a.legend(fontsize=7, loc="center left", bbox_to_anchor=(0.0, 0.62), ncol=2)
     return fig
 
 

@@ -528,8 +528,10 @@ class DataSource:
         raise NotImplementedError
 
 
-class _ScenesSource(DataSource):
-    cfg: ScenesConfig
+class _GeneratedSource(DataSource):
+    """A data set rendered by code (scenes or fractals): images and labels from a render function."""
+
+    cfg: ScenesConfig | FractalConfig
 
     @property
     def num_classes(self) -> int:
@@ -539,8 +541,10 @@ class _ScenesSource(DataSource):
         return self.cfg.split_size(split)
 
     def batch(self, split: str, indices: np.ndarray, device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
-        out = render_scenes(self.cfg, split, indices, device)
-        return out.image, out.label
+        if isinstance(self.cfg, ScenesConfig):
+            out = render_scenes(self.cfg, split, indices, device)
+            return out.image, out.label
+        return render_fractals(self.cfg, split, indices, device)
 
 
 class _ImageSource(DataSource):
@@ -623,26 +627,10 @@ class _ImageSource(DataSource):
         return images, labels
 
 
-class _FractalSource(DataSource):
-    cfg: FractalConfig
-
-    @property
-    def num_classes(self) -> int:
-        return self.cfg.num_classes
-
-    def split_size(self, split: str) -> int:
-        return self.cfg.split_size(split)
-
-    def batch(self, split: str, indices: np.ndarray, device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
-        return render_fractals(self.cfg, split, indices, device)
-
-
 def make_source(cfg: DataConfig) -> DataSource:
     """The :class:`DataSource` of a data config (scenes, fractals or real images)."""
-    if isinstance(cfg, ScenesConfig):
-        return _ScenesSource(cfg)
-    if isinstance(cfg, FractalConfig):
-        return _FractalSource(cfg)
+    if isinstance(cfg, (ScenesConfig, FractalConfig)):
+        return _GeneratedSource(cfg)
     if isinstance(cfg, ImageData):
         return _ImageSource(cfg)
     raise ConfigError(f"unknown data config {cfg!r}")

@@ -1,8 +1,9 @@
 """The emergence study: at what scale and with what recipe do artifacts appear here?
 
 ``python -m regvit_lib.study --profile cpu --out data/emergence`` trains (or reads from the
-cache) every point of the study and writes one small JSON file: per run, its configuration
-hash, compute, accuracy, and at every evaluation the per-layer summaries recorded by the
+cache) every point of the study and writes one small JSON file, stamped with the code version
+of the cache key and the git commit that made it: per run, its configuration hash, compute,
+accuracy, and at every evaluation the per-layer summaries recorded by the
 training loop -- the per-image max/median patch-norm ratio, the share of patch tokens above
 ``k`` x their image's median, and the attention-sink mass, kind and position stability.
 
@@ -36,6 +37,7 @@ import torch
 from torch import Tensor
 
 from .analysis import collect, neighbour_similarity, tokens_at
+from .cache import code_version
 from .data import DataConfig, FractalConfig, ScenesConfig, make_source, render_scenes
 from .profiles import Profile, get_profile
 from .summaries import RATIO_BINS
@@ -237,6 +239,18 @@ def headline(rows: list[dict[str, Any]], paper_ratio: float = 10.0) -> dict[str,
     }
 
 
+def _git_commit() -> str | None:
+    """The checkout's commit, if the library runs from a git checkout (for the record)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip() or None
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default="cpu")
@@ -248,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     doc = {"command": "python -m regvit_lib.study " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "profile": prof.name, "k": args.k, "rows": rows}
+           "profile": prof.name, "k": args.k, "code": code_version(), "commit": _git_commit(), "rows": rows}
     (out / f"{prof.name}.json").write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {out / f'{prof.name}.json'}", file=sys.stderr)
 

@@ -64,6 +64,14 @@ def fit_ridge(x: Tensor, y: Tensor, alpha: float = 1e-2) -> tuple[Tensor, Tensor
     return W, my - mx @ W
 
 
+def _subsample(arrays: tuple[Tensor, ...], cap: int, seed: int) -> tuple[Tensor, ...]:
+    """The same seeded random ``cap`` rows of each array (all of them if there are fewer)."""
+    if len(arrays[0]) <= cap:
+        return arrays
+    keep = torch.randperm(len(arrays[0]), generator=torch.Generator().manual_seed(seed))[:cap]
+    return tuple(x[keep] for x in arrays)
+
+
 def split_images(n: int, train_share: float = 0.5, seed: int = 0) -> tuple[Tensor, Tensor]:
     """A seeded split of image indices into probe-training and probe-test images."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -107,9 +115,7 @@ def local_probes(feats: Features, outliers: Outliers, layer: int | str = -1, see
     tr, te = split_images(B, seed=seed)
     fit = ~outliers.mask[tr]
     x_tr, y_tr, px_tr = patch[tr][fit], pos[tr][fit], pixels[tr][fit]
-    if len(x_tr) > max_train_tokens:
-        keep = torch.randperm(len(x_tr), generator=torch.Generator().manual_seed(seed))[:max_train_tokens]
-        x_tr, y_tr, px_tr = x_tr[keep], y_tr[keep], px_tr[keep]
+    x_tr, y_tr, px_tr = _subsample((x_tr, y_tr, px_tr), max_train_tokens, seed)
     x_te_all = patch[te]
     xs = _standardise(x_tr, x_te_all.reshape(-1, D))
     clf = fit_softmax(xs[0], y_tr, N)
@@ -255,9 +261,7 @@ def dense_probes(feats: Features, seg: Tensor, depth: Tensor, num_seg_classes: i
     depth_target = depth[:, : g * p, : g * p].reshape(B, g, p, g, p).mean((2, 4)).reshape(B, N)
     x_tr, x_te = patch[tr].reshape(-1, D), patch[te].reshape(-1, D)
     ys, yd = seg_target[tr].reshape(-1), depth_target[tr].reshape(-1)
-    if len(x_tr) > max_train_tokens:
-        keep = torch.randperm(len(x_tr), generator=torch.Generator().manual_seed(seed))[:max_train_tokens]
-        x_tr, ys, yd = x_tr[keep], ys[keep], yd[keep]
+    x_tr, ys, yd = _subsample((x_tr, ys, yd), max_train_tokens, seed)
     x_tr, x_te = _standardise(x_tr, x_te)
     seg_clf = fit_softmax(x_tr, ys, num_seg_classes)
     W, b = fit_ridge(x_tr, yd[:, None])

@@ -2,7 +2,7 @@
 
 A run is stored under a key that is the SHA-256 of its full configuration (model, data,
 recipe, seed; see :func:`config_key`) and of the *code* that decides its result (the syntax
-trees of ``model.py``, ``data.py``, ``train.py`` and ``summaries.py``, so editing a comment does
+trees of ``model.py``, ``data.py``, ``train.py``, ``selfsup.py`` and ``summaries.py``, so editing a comment does
 not retrain anything and changing a line of code does). Layout of one run::
 
     <cache>/runs/<key[:24]>/
@@ -47,7 +47,7 @@ __all__ = ["CACHE_ENV_VAR", "CacheCorruptError", "cache_root", "atomic_write", "
 CACHE_ENV_VAR = "REGVIT_CACHE"
 _PACKAGE = Path(__file__).resolve().parent
 # The modules whose code decides what a trained run contains.
-_CODE = ("model.py", "data.py", "train.py", "summaries.py")
+_CODE = ("model.py", "data.py", "train.py", "selfsup.py", "summaries.py")
 
 
 class CacheCorruptError(RuntimeError):

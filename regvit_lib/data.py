@@ -281,6 +281,17 @@ def _background(cfg: ScenesConfig, d: _Draws, device: torch.device) -> tuple[Ten
     return out.clamp(0.0, 1.0), kind
 
 
+def _checked_indices(cfg: "ScenesConfig | FractalConfig", split: str,
+                     indices: Sequence[int] | np.ndarray | Tensor, what: str) -> np.ndarray:
+    """``indices`` as a flat int64 array, each checked to lie in ``[0, split size)``."""
+    n = cfg.split_size(split)
+    idx = np.asarray(indices.cpu() if isinstance(indices, Tensor) else indices, dtype=np.int64).reshape(-1)
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        bad = idx[(idx < 0) | (idx >= n)][0]
+        raise IndexError(f"{what} index {bad} is outside the {split!r} split of size {n}")
+    return idx
+
+
 def render_scenes(
     cfg: ScenesConfig, split: str, indices: Sequence[int] | np.ndarray | Tensor,
     device: str | torch.device = "cpu",
@@ -299,11 +310,7 @@ def render_scenes(
     Raises:
         ConfigError: unknown split; IndexError: an index outside the split.
     """
-    n = cfg.split_size(split)
-    idx = np.asarray(indices.cpu() if isinstance(indices, Tensor) else indices, dtype=np.int64).reshape(-1)
-    if idx.size and (idx.min() < 0 or idx.max() >= n):
-        bad = idx[(idx < 0) | (idx >= n)][0]
-        raise IndexError(f"scene index {bad} is outside the {split!r} split of size {n}")
+    idx = _checked_indices(cfg, split, indices, "scene")
     dev = torch.device(device)
     d = _Draws(_uniforms(cfg.seed, split, idx, _num_draws(cfg)))
     lay = _layout(cfg, d)
@@ -449,11 +456,7 @@ def _ifs(cfg: FractalConfig, labels: np.ndarray, jitter: np.ndarray) -> tuple[np
 def render_fractals(cfg: FractalConfig, split: str, indices: Sequence[int] | np.ndarray | Tensor,
                     device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
     """Images ``(B, 3, H, W)`` in [0, 1] and class labels ``(B,)`` of fractal images."""
-    n = cfg.split_size(split)
-    idx = np.asarray(indices.cpu() if isinstance(indices, Tensor) else indices, dtype=np.int64).reshape(-1)
-    if idx.size and (idx.min() < 0 or idx.max() >= n):
-        bad = idx[(idx < 0) | (idx >= n)][0]
-        raise IndexError(f"fractal index {bad} is outside the {split!r} split of size {n}")
+    idx = _checked_indices(cfg, split, indices, "fractal")
     B, M, Pn, H = idx.size, cfg.maps, cfg.points, cfg.img_size
     d = _Draws(_uniforms(cfg.seed, split, idx, 1 + 6 * M + 3 + 2 * Pn + 12 * Pn))
     labels = np.minimum((d.take() * cfg.num_classes).astype(np.int64), cfg.num_classes - 1)

@@ -16,6 +16,8 @@ Each *axis* varies one thing around the profile's recipe (``profile.run()``):
 * ``shape``     -- width x depth at about the same compute (wider-shallower, narrower-deeper);
 * ``data``      -- scenes with only flat / only noise / only striped backgrounds, and
   FractalDB-style fractals on black (92 % of the canvas exactly black);
+* ``objective`` -- the small DINO of :mod:`regvit_lib.selfsup` (no labels; accuracy by k-NN),
+  without and with 4 registers: DINOv2's objective, where the paper's artifacts are strongest;
 * ``registers`` -- 4 registers, with [CLS] and with average pooling.
 
 Norm ratios are taken over blocks 1 and up: block 0 reacts to the raw contrast of the input.
@@ -80,6 +82,12 @@ def study_points(profile: Profile) -> list[tuple[str, str, RunConfig]]:
     frac = FractalConfig(img_size=d.img_size, num_classes=10, train_size=d.train_size, val_size=d.val_size,
                          test_size=d.test_size)
     pts.append(("data", "fractals on black", replace(base, data=frac, model=replace(m, num_classes=10))))
+    # DINO's learning rate is lower than the supervised one (DINO: 5e-4 per 256 images); at the
+    # profile's supervised rate, 2e-3, the small DINO drifted towards uniform attention.
+    dino = replace(t, objective="dino", lr=min(t.lr, 5e-4))
+    pts.append(("objective", "DINO self-distillation", replace(base, model=replace(m, num_classes=0), train=dino)))
+    pts.append(("objective", "DINO, 4 registers",
+                replace(base, model=replace(m, num_classes=0, num_registers=4), train=dino)))
     pts.append(("registers", "4 registers", replace(base, model=replace(m, num_registers=4))))
     pts.append(("registers", "4 registers, average pooling",
                 replace(base, model=replace(m, num_registers=4, global_pool="avg"))))

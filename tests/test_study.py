@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 def test_every_point_is_a_distinct_run_and_every_axis_is_there() -> None:
     pts = study_points(get_profile("cpu"))
     assert {a for a, _, _ in pts} == {"baseline", "compute", "tokens", "pooling", "optimiser", "shape", "data",
-                                      "registers"}
+                                      "objective", "registers"}
     keys = [config_key(r)[0] for _, _, r in pts]
     assert len(set(keys)) == len(keys)
     assert pts[0][2] == get_profile("cpu").run()  # the baseline is the profile's own run (shared cache)
@@ -33,7 +33,7 @@ def test_share_above_reads_the_histogram() -> None:
 
 
 def test_smoke_study_runs_and_summarises(tmp_path) -> None:
-    axes = {"baseline", "tokens", "data"}
+    axes = {"baseline", "tokens", "data", "objective"}
     rows = run_study(get_profile("smoke"), root=tmp_path, axes=axes)
     assert len(rows) == sum(a in axes for a, _, _ in study_points(get_profile("smoke")))
     json.dumps(rows)  # what main() writes
@@ -47,6 +47,8 @@ def test_smoke_study_runs_and_summarises(tmp_path) -> None:
     assert 0 <= row["top_on_background"] <= 1 and 0.3 < row["background_patches"] < 1
     fractal = [r for r in rows if r["label"] == "fractals on black"][0]
     assert fractal["background_patches"] > row["background_patches"]  # black canvas: more background
+    dino = [r for r in rows if r["axis"] == "objective"]
+    assert len(dino) == 2 and all(0 <= r["test_acc"] <= 1 for r in dino)  # k-NN accuracy
     fig = plots.emergence(rows)
     assert len(fig.axes) == 2
 

@@ -1,8 +1,9 @@
 """The emergence study: at what scale and with what recipe do artifacts appear here?
 
 ``python -m regvit_lib.study --profile cpu --out data/emergence`` trains (or reads from the
-cache) every point of the study and writes one small JSON file, stamped with the code version
-of the cache key and the git commit that made it: per run, its configuration hash, compute,
+cache) every point of the study and writes one small JSON file; every row is stamped with the
+code version of the cache key, the git commit and the command that made it
+(``--axes objective`` re-runs one axis and keeps the file's other rows with their stamps): per run, its configuration hash, compute,
 accuracy, and at every evaluation the per-layer summaries recorded by the
 training loop -- the per-image max/median patch-norm ratio, the share of patch tokens above
 ``k`` x their image's median, and the attention-sink mass, kind and position stability.
@@ -264,15 +265,31 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--out", default="data/emergence", help="folder for <profile>.json")
     ap.add_argument("--k", type=float, default=4.0, help="outlier rule: k x the image's median norm")
+    ap.add_argument("--axes", nargs="+", default=None, help="only these axes (default: all); with an "
+                    "existing file, its rows of these axes are replaced and the others kept")
     args = ap.parse_args(argv)
     prof = get_profile(args.profile)
-    rows = run_study(prof, k=args.k)
+    known = {a for a, _, _ in study_points(prof)}
+    if args.axes is not None and not set(args.axes) <= known:
+        ap.error(f"unknown axes {sorted(set(args.axes) - known)}; known: {sorted(known)}")
+    command = "python -m regvit_lib.study " + " ".join(argv if argv is not None else sys.argv[1:])
+    stamp = {"code": code_version(), "commit": _git_commit(), "command": command}
+    rows = [{**r, **stamp} for r in run_study(prof, k=args.k, axes=None if args.axes is None else set(args.axes))]
     out = Path(args.out)
+    path = out / f"{prof.name}.json"
+    if args.axes is not None and path.is_file():  # keep the other axes' rows, each with its own stamp
+        old = load_study(path)
+        if old.get("k") != args.k:
+            ap.error(f"{path} was made with k={old.get('k')}, not {args.k}; re-run all axes")
+        kept = [{**{key: old.get(key) for key in ("code", "commit", "command")}, **r}
+                for r in old["rows"] if r["axis"] not in set(args.axes)]
+        order = [label for _, label, _ in study_points(prof)]
+        rows = sorted(kept + rows, key=lambda r: order.index(r["label"]) if r["label"] in order else len(order))
     out.mkdir(parents=True, exist_ok=True)
-    doc = {"command": "python -m regvit_lib.study " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "profile": prof.name, "k": args.k, "code": code_version(), "commit": _git_commit(), "rows": rows}
-    (out / f"{prof.name}.json").write_text(json.dumps(doc, indent=1) + "\n")
-    print(f"wrote {out / f'{prof.name}.json'}", file=sys.stderr)
+    doc = {"command": command, "profile": prof.name, "k": args.k, **stamp, "rows": rows,
+           "code_versions": sorted({r["code"] for r in rows})}
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

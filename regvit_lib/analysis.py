@@ -42,7 +42,7 @@ from .model import Block, RegViT, split_tokens
 from .summaries import RATIO_BINS, norm_summary, sink_summary, token_norms
 
 __all__ = ["RATIO_BINS", "OUTLIER_K", "Features", "as_regvit", "collect", "tokens_at", "token_norms",
-           "Outliers", "detect_outliers", "neighbour_similarity", "attention_to_patches", "pca_rgb",
+           "Outliers", "detect_outliers", "neighbour_similarity", "top_token_placement", "attention_to_patches", "pca_rgb",
            "lost_keys", "plant_outliers", "positive_control", "norm_summary", "sink_summary"]
 
 OUTLIER_K = 4.0  # a patch token is an outlier above OUTLIER_K x its image's median norm
@@ -179,6 +179,27 @@ def neighbour_similarity(feats: Features) -> Tensor:
         count[:, : g - dy, : g - dx] += 1
         count[:, dy:, dx:] += 1
     return (total / count).reshape(e.shape[0], g * g)
+
+
+def top_token_placement(feats: Features, background: Tensor, layer: int | str = -1) -> dict[str, float]:
+    """Where the largest-norm patch token of each image sits: a threshold-free Fig. 5a.
+
+    Args:
+        feats: from :func:`collect`.
+        background: ``(B, N)`` bool, the patches that show only background.
+        layer: where the norms are read.
+
+    Returns:
+        ``top_on_background`` (share of images whose largest token is on background) against
+        the base rate ``background_patches``; ``top_similarity`` (neighbour similarity of those
+        tokens' patches, :func:`neighbour_similarity`) against ``all_similarity`` (all patches).
+    """
+    top = tokens_at(feats, layer)["patch"].norm(dim=-1).argmax(1)  # (B,)
+    sim = neighbour_similarity(feats)
+    rows = torch.arange(len(top))
+    return {"top_on_background": float(background[rows, top].float().mean()),
+            "background_patches": float(background.float().mean()),
+            "top_similarity": float(sim[rows, top].mean()), "all_similarity": float(sim.mean())}
 
 
 def attention_to_patches(feats: Features, query: str | int = "cls", layer: int = -1,

@@ -20,7 +20,8 @@ from .data import SceneBatch
 
 __all__ = ["use_style", "TOKEN_COLORS", "patch_grid", "token_layout", "register_overhead",
            "scenes_grid", "scene_labels", "training_curves", "norm_histogram", "norms_per_layer",
-           "attention_maps", "neighbour_similarity", "local_probes", "token_probe", "emergence", "save"]
+           "attention_maps", "neighbour_similarity", "local_probes", "token_probe", "emergence",
+           "sinks_per_layer", "norms_vs_size", "save"]
 
 # One colour per token kind, used by every figure of the book.
 TOKEN_COLORS = {"cls": "#d62728", "reg": "#2ca02c", "patch": "#1f77b4"}
@@ -373,6 +374,56 @@ def emergence(rows: list[dict], paper_ratio: float | None = 10.0) -> Figure:
     for ax in (a, b):  # whole decades, so the axis always has labelled ticks
         ax.set_xlim(10 ** np.floor(np.log10(min(xs))), 10 ** np.ceil(np.log10(max(xs))))
     a.legend(fontsize=7, loc="center left", bbox_to_anchor=(0.0, 0.62), ncol=2)
+    return fig
+
+
+def sinks_per_layer(tables: dict[str, pd.DataFrame], ax: plt.Axes | None = None) -> Figure:
+    """Per block, the attention share of the strongest sink, one line per model; the marker
+    says which token the sink is (circle: a patch, square: [CLS], triangle: a register).
+
+    Args:
+        tables: model name -> :func:`regvit_lib.book.sinks` table.
+    """
+    fig, ax = _fig_ax(ax, (5.0, 3.0))
+    markers = {"patch": "o", "cls": "s", "reg": "^"}
+    for i, (name, t) in enumerate(tables.items()):
+        colour = f"C{i}"
+        ax.plot(t["block"], t["sink mass"], color=colour, label=name)
+        for kind, marker in markers.items():
+            sel = t["sink on"] == kind
+            ax.scatter(t["block"][sel], t["sink mass"][sel], marker=marker, color=colour, s=40, zorder=3)
+    for kind, marker in markers.items():  # a legend entry per token kind
+        ax.scatter([], [], marker=marker, color="grey", label=f"sink on {'[CLS]' if kind == 'cls' else kind}")
+    ax.set_xlabel("block")
+    ax.set_ylabel("attention share of the strongest sink")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def norms_vs_size(rows: list[dict], ax: plt.Axes | None = None) -> Figure:
+    """Paper Fig. 4c: outlier share and max/median norm ratio against model size.
+
+    Args:
+        rows: ``{"params", "share", "ratio_mean", "name"}`` per model.
+    """
+    fig, ax = _fig_ax(ax, (5.0, 3.0))
+    rows = sorted(rows, key=lambda r: r["params"])
+    x = [r["params"] / 1e6 for r in rows]
+    ax.plot(x, [r["ratio_mean"] for r in rows], marker="o", color=TOKEN_COLORS["patch"],
+            label="max / median norm (mean over images)")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (M)")
+    ax.set_ylabel("max / median patch norm")
+    ax2 = ax.twinx()
+    ax2.plot(x, [100 * r["share"] for r in rows], marker="x", ls="--", color="black", label="outliers (%)")
+    ax2.set_ylabel("outlier tokens (%)")
+    ax2.grid(False)
+    for xi, r in zip(x, rows):
+        ax.annotate(r["name"], (xi, r["ratio_mean"]), fontsize=7, textcoords="offset points", xytext=(0, 6),
+                    ha="center")
+    ax.legend(fontsize=7, loc="upper left")
+    ax2.legend(fontsize=7, loc="lower right")
     return fig
 
 

@@ -36,10 +36,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from torch import Tensor
 
-from .analysis import collect, neighbour_similarity, tokens_at
+from .analysis import collect, top_token_placement
 from .cache import code_version
 from .data import DataConfig, FractalConfig, ScenesConfig, make_source, render_scenes
 from .profiles import Profile, get_profile
@@ -142,14 +141,8 @@ def placement(run: TrainedRun, layer: int, n_images: int = 256) -> dict[str, flo
     idx = np.arange(min(n_images, src.split_size("val")))
     images, labels = src.batch("val", idx)
     feats = collect(run.model, images, labels, attn=False)
-    norms = tokens_at(feats, layer)["patch"].norm(dim=-1)  # (B, N)
-    top = norms.argmax(1)
     bg = background_patches(run.config.data, images, idx, run.config.model.patch_size)
-    sim = neighbour_similarity(feats)
-    rows = torch.arange(len(idx))
-    return {"top_on_background": float(bg[rows, top].float().mean()),
-            "background_patches": float(bg.float().mean()),
-            "top_similarity": float(sim[rows, top].mean()), "all_similarity": float(sim.mean())}
+    return top_token_placement(feats, bg, layer)
 
 
 def summarize(run: TrainedRun, k: float = 4.0) -> dict[str, Any]:

@@ -1,0 +1,182 @@
+"""The paper's claims C1-C8, our measurements of each, and a verdict by a stated rule.
+
+Each chapter that measures a claim calls :func:`record`; the results land in one JSON file per
+profile, ``<cache>/claims/<profile>.json`` (the cache folder of :func:`regvit_lib.cache.cache_root`:
+``$REGVIT_CACHE``, else ``.regvit_cache/`` in the checkout), written atomically, so building the
+book writes the claims of the profile it ran and two profiles can be diffed.
+
+A claim's entry: ``claim`` (the paper's words, paraphrased), ``paper`` (its numbers, quoted),
+``measured`` (ours), ``verdict`` (``reproduced`` / ``partly`` / ``not at this scale``), ``rule``
+(how the verdict was computed from ``measured``), ``scale`` (``smoke`` / ``cpu`` / ``gpu`` /
+``pretrained``: what supports it), ``model`` and ``chapter``.
+
+The rules are deliberately simple and printed beside every verdict. "not at this scale" is the
+verdict whenever our models do not show what the claim is about (for C2-C6, when there are no
+outliers to describe or remove) or show the opposite: it never says that the paper is wrong,
+only that this scale does not support the claim. Single training seeds: differences smaller
+than the margins below are not counted as effects.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from .cache import atomic_write, cache_root
+
+__all__ = ["CLAIMS", "PAPER", "MIN_SHARE", "TIE", "verdict", "record", "claims_path", "load_claims", "table"]
+
+CLAIMS: dict[str, str] = {
+    "C1": "High-norm outlier tokens exist: about 2 % of patch tokens, with about 10x the norm of the others",
+    "C2": "They appear in the middle of the network, after about a third of training, in large models only",
+    "C3": "They sit on redundant patches, similar to their neighbours (background)",
+    "C4": "They hold little local information: position and pixels are poorly recovered from them",
+    "C5": "They hold global information: one outlier token classifies the image better than a normal one",
+    "C6": "Registers remove the outliers (and take over their role)",
+    "C7": "Registers cost nothing in classification and help dense tasks (segmentation, depth)",
+    "C8": "Registers help object discovery (LOST CorLoc)",
+}
+
+# The paper's numbers (Darcet et al. 2024), quoted.
+PAPER: dict[str, dict[str, Any]] = {
+    "C1": {"share": 0.0237, "norm_ratio": 10.0, "model": "DINOv2 ViT-g/14, norm > 150 (Fig. 3)"},
+    "C2": {"layer": "about 15 of 40", "training": "after about 1/3", "sizes": "L, H, g of Ti..g (Fig. 4)"},
+    "C3": {"where": "patches very similar to their 4 neighbours (Fig. 5a)"},
+    "C4": {"position_top1": {"normal": 41.7, "outlier": 22.8},
+           "reconstruction_l2": {"normal": 18.38, "outlier": 25.23}, "source": "Fig. 5b"},
+    "C5": {"ImageNet top-1 from one token": {"cls": 86.0, "normal": 65.8, "outlier": 69.0}, "source": "Table 1"},
+    "C6": {"where": "DINOv2, OpenCLIP, DeiT-III: outliers gone with 4 registers (Fig. 7); one suffices (Fig. 8)"},
+    "C7": {"DINOv2": {"IN top-1": [84.3, 84.8], "ADE20k mIoU": [46.6, 47.9], "NYUd RMSE": [0.378, 0.366]},
+           "source": "Table 2a, without -> with registers"},
+    "C8": {"DINOv2 VOC07 CorLoc": [35.3, 55.4], "DeiT-III VOC07 CorLoc": [11.7, 27.1],
+           "source": "Table 3, without -> with registers"},
+}
+
+MIN_SHARE = 0.005  # C1: at least 0.5 % of patch tokens above k x their image's median
+TIE = 0.01  # differences below this (accuracy, mIoU, CorLoc; RMSE: relative) count as no change
+
+
+def _outliers(share: float | None) -> str:
+    if share is None or not math.isfinite(share) or share <= 0:
+        return "none"
+    return "many" if share >= MIN_SHARE else "few"
+
+
+def verdict(claim: str, m: dict[str, Any]) -> tuple[str, str]:
+    """The verdict on ``claim`` from our measurements ``m``, and the rule that gave it.
+
+    Expected keys of ``m`` per claim (as the chapters record them):
+    C1 ``share``, ``norm_ratio``; C2 ``share``, ``layer``, ``depth``; C3 ``share``,
+    ``top_on_background``, ``background_patches``, ``top_similarity``, ``all_similarity``;
+    C4 ``share``, position/pixel scores of ``normal`` and ``outlier``; C5 ``share``,
+    ``class_normal``, ``class_outlier``; C6 ``share_without``, ``share_with``; C7 ``without``
+    and ``with`` (classification, segmentation_miou, depth_rmse); C8 ``without``, ``with``.
+    """
+    if claim not in CLAIMS:
+        raise KeyError(f"unknown claim {claim!r}; known: {sorted(CLAIMS)}")
+    none = "not at this scale"
+    if claim == "C1":
+        rule = (f"reproduced: >= {100 * MIN_SHARE:g} % of patch tokens above k x their image's median; "
+                "partly: some, fewer; else not at this scale")
+        return {"many": "reproduced", "few": "partly", "none": none}[_outliers(m.get("share"))], rule
+    if claim in ("C2", "C3", "C4", "C5") and _outliers(m.get("share")) == "none":
+        return none, "no outlier tokens (C1) to describe"
+    if claim == "C2":
+        rel = m["layer"] / max(m["depth"] - 1, 1)
+        rule = "reproduced: the outlier share peaks in the middle third of the blocks; else partly"
+        return ("reproduced" if 1 / 3 <= rel <= 2 / 3 else "partly"), rule
+    if claim == "C3":
+        ok = [m["top_on_background"] > m["background_patches"], m["top_similarity"] > m["all_similarity"]]
+        rule = ("the largest tokens lie on background more often than the base rate, and their patches "
+                "are more similar to their neighbours than average: both = reproduced, one = partly")
+        return ("reproduced" if all(ok) else "partly" if any(ok) else none), rule
+    if claim == "C4":
+        ok = [m["position_top1_outlier"] < m["position_top1_normal"] - TIE,
+              m["pixel_l2_outlier"] > m["pixel_l2_normal"]]
+        rule = "outliers: lower position accuracy and higher pixel error than normal tokens; both = reproduced"
+        return ("reproduced" if all(ok) else "partly" if any(ok) else none), rule
+    if claim == "C5":
+        rule = f"reproduced: one outlier token classifies better than one normal token (by > {TIE})"
+        return ("reproduced" if m["class_outlier"] > m["class_normal"] + TIE else none), rule
+    if claim == "C6":
+        before, after = _outliers(m.get("share_without")), m.get("share_with") or 0.0
+        rule = "reproduced: outliers without registers, and registers cut their share to a quarter or less"
+        if before == "none":
+            return none, "no outlier tokens without registers (C1): nothing to remove"
+        return ("reproduced" if after <= 0.25 * m["share_without"] else "partly" if after < m["share_without"]
+                else none), rule
+    if claim == "C7":
+        w, r = m["without"], m["with"]
+        ok = [r["classification"] >= w["classification"] - TIE,
+              r["segmentation_miou"] > w["segmentation_miou"] + TIE,
+              r["depth_rmse"] < w["depth_rmse"] * (1 - TIE)]
+        rule = (f"no classification loss (> -{TIE}), mIoU up (> +{TIE}), depth RMSE down (> {100 * TIE:g} %): "
+                "all three = reproduced; no loss and one dense gain = partly")
+        return ("reproduced" if all(ok) else "partly" if ok[0] and any(ok[1:]) else none), rule
+    # C8
+    w, r = m["without"], m["with"]
+    rule = f"reproduced: CorLoc with registers higher by > {TIE}"
+    return ("reproduced" if r > w + TIE else none), rule
+
+
+def claims_path(profile: str, root: Path | str | None = None) -> Path:
+    """Where the claims of ``profile`` are written: ``<cache>/claims/<profile>.json``."""
+    return Path(root if root is not None else cache_root()) / "claims" / f"{profile}.json"
+
+
+def load_claims(profile: str, root: Path | str | None = None) -> dict[str, Any]:
+    """The claims recorded so far for ``profile`` (empty when none).
+
+    Raises:
+        ValueError: the file exists but is not valid JSON (named; it is not overwritten).
+    """
+    path = claims_path(profile, root)
+    if not path.is_file():
+        return {}
+    try:
+        doc: dict[str, Any] = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"corrupt claims file {path}: {e}; move it away to start a new one") from e
+    return doc
+
+
+def _clean(x: Any) -> Any:
+    """JSON-safe: NaN/inf become None, tuples lists, numbers plain floats."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if hasattr(x, "item"):
+        return _clean(x.item())
+    return x
+
+
+def record(profile: str, claim: str, measured: dict[str, Any], scale: str, model: str, chapter: str,
+           root: Path | str | None = None) -> dict[str, Any]:
+    """Compute the verdict of ``claim`` and write it into the profile's claims file.
+
+    Returns:
+        The entry written.
+    """
+    v, rule = verdict(claim, measured)
+    entry = {"claim": CLAIMS[claim], "paper": PAPER.get(claim), "measured": _clean(measured), "verdict": v,
+             "rule": rule, "scale": scale, "model": model, "chapter": chapter}
+    doc = load_claims(profile, root)
+    doc[claim] = entry
+    path = claims_path(profile, root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(dict(sorted(doc.items())), indent=1) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+    return entry
+
+
+def table(doc: dict[str, Any]) -> Any:
+    """A claims document as a table (a pandas DataFrame): claim, verdict, scale, rule."""
+    import pandas as pd
+
+    return pd.DataFrame([{"": k, "claim": e["claim"], "verdict": e["verdict"], "scale": e["scale"],
+                          "rule": e["rule"]} for k, e in sorted(doc.items())])

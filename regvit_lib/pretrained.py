@@ -1,0 +1,143 @@
+"""Pretrained ViTs from timm (DINOv2 with and without registers, DeiT-III), as our model.
+
+The paper's artifacts are plainest in large pretrained models. With the model hub reachable
+(Colab, most laptops) :func:`load_pretrained` downloads a timm checkpoint and converts it
+exactly into a :class:`~regvit_lib.model.RegViT`, so every figure of the book runs on it
+unchanged. Offline, the same function reads a checkpoint file (a timm or original DINOv2 state
+dict) with ``torch.load(..., weights_only=True)``; the tests write such a file themselves.
+
+Names: a short alias from :data:`PRETRAINED` (``"dinov2-g"``, ``"dinov2-g-reg"``, ...) or the
+full timm name. :func:`twin` gives a model's twin with (or without) registers.
+
+:func:`photos` returns a handful of real photographs: the colour sample images that
+scikit-image ships inside its package (no download), else matplotlib's Grace Hopper.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import Tensor
+
+from .config import ConfigError
+from .model import RegViT
+from .timm_interop import regvit_from_timm
+
+__all__ = ["PRETRAINED", "resolve", "twin", "load_pretrained", "photos", "hub_reachable", "PHOTOS"]
+
+# alias -> timm name. DINOv2 (Oquab et al. 2023) and its registers twins (this paper), DeiT-III.
+PRETRAINED: dict[str, str] = {
+    "dinov2-s": "vit_small_patch14_dinov2.lvd142m",
+    "dinov2-s-reg": "vit_small_patch14_reg4_dinov2.lvd142m",
+    "dinov2-b": "vit_base_patch14_dinov2.lvd142m",
+    "dinov2-b-reg": "vit_base_patch14_reg4_dinov2.lvd142m",
+    "dinov2-l": "vit_large_patch14_dinov2.lvd142m",
+    "dinov2-l-reg": "vit_large_patch14_reg4_dinov2.lvd142m",
+    "dinov2-g": "vit_giant_patch14_dinov2.lvd142m",
+    "dinov2-g-reg": "vit_giant_patch14_reg4_dinov2.lvd142m",
+    "deit3-s": "deit3_small_patch16_224.fb_in22k_ft_in1k",
+    "deit3-b": "deit3_base_patch16_224.fb_in22k_ft_in1k",
+    "deit3-l": "deit3_large_patch16_224.fb_in22k_ft_in1k",
+}
+
+# scikit-image's colour photographs that ship inside its wheel (no download needed).
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+
+
+def resolve(name: str) -> str:
+    """The timm name of an alias or of a known timm name.
+
+    Raises:
+        ConfigError: for a name that is neither, listing the aliases.
+    """
+    if name in PRETRAINED:
+        return PRETRAINED[name]
+    if name in PRETRAINED.values():
+        return name
+    raise ConfigError(f"unknown pretrained model {name!r}; known: {sorted(PRETRAINED)} "
+                      f"(or their timm names: {sorted(PRETRAINED.values())})")
+
+
+def twin(name: str) -> str | None:
+    """The timm name of the same model with registers if ``name`` has none, and vice versa.
+
+    ``None`` when no such twin is published (DeiT-III).
+    """
+    full = resolve(name)
+    other = full.replace("_reg4_", "_") if "_reg4_" in full else full.replace("_patch14_", "_patch14_reg4_")
+    return other if other != full and other in PRETRAINED.values() else None
+
+
+def load_pretrained(name: str, img_size: int = 224, checkpoint: str | Path | None = None) -> RegViT:
+    """A pretrained timm ViT as a :class:`RegViT` (features only: no classification head).
+
+    Args:
+        name: alias or timm name (:func:`resolve`).
+        img_size: input side; must be a multiple of the patch size (14 for DINOv2, 16 for
+            DeiT-III). Position embeddings are resampled by timm's filter (antialiased for the
+            DINOv2 registers models, as the paper recommends in its App. A).
+        checkpoint: a local state-dict file; ``None`` downloads the weights from the hub.
+
+    Raises:
+        ConfigError: unknown name, or ``img_size`` not a multiple of the patch size.
+        FileNotFoundError: ``checkpoint`` does not exist.
+    """
+    import timm
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    full = resolve(name)
+    patch = 14 if "patch14" in full else 16
+    if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < patch or img_size % patch:
+        raise ConfigError(f"img_size={img_size!r} is not a positive multiple of {full}'s patch size {patch}")
+    tm: Any
+    if checkpoint is None:
+        tm = timm.create_model(full, pretrained=True, img_size=img_size, num_classes=0)
+    else:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"no checkpoint file {path}")
+        tm = timm.create_model(full, pretrained=False, img_size=img_size, num_classes=0)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("model", "state_dict", "teacher"):  # common wrappers of a state dict
+            if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+                state = state[key]
+        state = checkpoint_filter_fn(state, tm)  # original DINOv2 names; pos-embed resampling
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}  # features only
+        tm.load_state_dict(state)
+    return regvit_from_timm(tm.eval())
+
+
+def photos(img_size: int, names: tuple[str, ...] = PHOTOS) -> Tensor:
+    """Real photographs, centre-cropped square and resized: ``(B, 3, img_size, img_size)`` in [0, 1].
+
+    Uses scikit-image's packaged sample images when scikit-image is installed, else the one
+    photograph matplotlib ships (Grace Hopper).
+    """
+    from .data import sample_photo
+
+    if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
+        raise ConfigError(f"img_size must be a positive int, got {img_size!r}")
+    try:
+        import skimage.data
+    except ImportError:
+        return sample_photo(img_size)
+    out = []
+    for n in names:
+        im = Image.fromarray(getattr(skimage.data, n)()).convert("RGB")
+        im = ImageOps.fit(im, (img_size, img_size), method=Image.Resampling.LANCZOS)  # centre square, resized
+        out.append(torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1))
+    return torch.stack(out)
+
+
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Whether the model hub answers (the pretrained path needs it; CI and this book's build do not)."""
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False

@@ -1,0 +1,122 @@
+"""Chapter helpers (book.py) at smoke scale, and the claims file: rules, merging, corrupt files."""
+
+import json
+
+import pytest
+import torch
+
+from regvit_lib import book, claims
+from regvit_lib.analysis import detect_outliers
+from regvit_lib.profiles import get_profile
+
+SMOKE = get_profile("smoke")
+
+
+@pytest.fixture(scope="module")
+def subjects(tmp_path_factory):
+    import os
+
+    old = os.environ.get("REGVIT_CACHE")
+    os.environ["REGVIT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    try:
+        yield [book.load_subject(SMOKE, registers=r, images=64) for r in (0, 2)]
+    finally:
+        if old is None:
+            del os.environ["REGVIT_CACHE"]
+        else:
+            os.environ["REGVIT_CACHE"] = old
+
+
+def test_subject_holds_one_pass_over_labelled_scenes(subjects) -> None:
+    s0, s2 = subjects
+    assert s0.feats.blocks.shape[:2] == (64, SMOKE.model.depth) and s0.scenes.seg.shape[0] == 64
+    assert s2.model.cfg.num_registers == 2 and s2.run is not None and s2.run.cached is False
+    assert 0 <= s0.layer < SMOKE.model.depth and s0.scale == "smoke"
+    r = book.norm_report(s0)
+    assert 0 <= r["share"] <= 1 and r["ratio_max"] >= r["ratio_mean"] >= 1
+    assert 0 < r["background_patches"] < 1
+    assert book.share_per_layer(s0).shape == (SMOKE.model.depth,)
+    assert book.ratio_per_layer(s0.feats).shape == (64, SMOKE.model.depth)
+    assert set(book.layer_norms(s2)) == {"cls", "reg", "patch"}
+    assert list(book.register_maps(s2)) == ["[CLS]", "register 0", "register 1", "PCA of patches"]
+    t = book.sinks(s2)
+    assert len(t) == SMOKE.model.depth and set(t["sink on"]) <= {"cls", "reg", "patch"}
+    assert t["sink mass"].between(0, 1).all()
+
+
+def test_tables_have_a_row_per_model(subjects) -> None:
+    dense = book.dense_table(subjects)
+    assert list(dense["model"]) == [s.name for s in subjects]
+    assert dense["segmentation (mIoU)"].between(0, 1).all() and (dense["depth (RMSE)"] > 0).all()
+    assert book.object_discovery(subjects)["LOST corloc"].between(0, 1).all()
+
+
+def test_planted_control_passes_c1_and_c4_rules(subjects) -> None:
+    """What the claims pipeline says when outliers are there: the positive control."""
+    s0 = subjects[0]
+    planted = book.planted(s0)
+    assert planted is not None
+    found = detect_outliers(planted, s0.layer)
+    assert found.share == pytest.approx(2 / SMOKE.model.num_patches, abs=0.02)
+    assert claims.verdict("C1", {"share": found.share})[0] == "reproduced"
+    row = book.local_and_global(s0, planted)
+    c4 = {"share": found.share, "position_top1_normal": row["position top-1, normal"],
+          "position_top1_outlier": row["position top-1, outlier"], "pixel_l2_normal": row["pixel L2, normal"],
+          "pixel_l2_outlier": row["pixel L2, outlier"]}
+    assert row["pixel L2, outlier"] > row["pixel L2, normal"]
+    assert claims.verdict("C4", c4)[0] in ("reproduced", "partly")
+
+
+def test_size_ladder_divides_heads() -> None:
+    for name in ("smoke", "cpu", "gpu"):
+        p = get_profile(name)
+        widths = book.size_ladder(p)
+        assert p.model.embed_dim in widths and all(w % p.model.num_heads == 0 for w in widths)
+
+
+def test_pretrained_without_a_register_twin_is_refused_before_any_download() -> None:
+    with pytest.raises(ValueError, match="has no twin with registers"):
+        book.load_subject(SMOKE, registers=4, pretrained="deit3-b")
+    with pytest.raises(ValueError, match="images must be an int >= 4"):
+        book.load_subject(SMOKE, images=2)
+
+
+@pytest.mark.parametrize("claim,measured,expected", [
+    ("C1", {"share": 0.0}, "not at this scale"),
+    ("C1", {"share": 0.001}, "partly"),
+    ("C1", {"share": 0.02}, "reproduced"),
+    ("C3", {"share": 0.0}, "not at this scale"),
+    ("C3", {"share": 0.02, "top_on_background": 0.9, "background_patches": 0.6, "top_similarity": 0.8,
+            "all_similarity": 0.5}, "reproduced"),
+    ("C3", {"share": 0.02, "top_on_background": 0.1, "background_patches": 0.6, "top_similarity": 0.8,
+            "all_similarity": 0.5}, "partly"),
+    ("C5", {"share": 0.02, "class_normal": 0.3, "class_outlier": 0.5}, "reproduced"),
+    ("C6", {"share_without": 0.0, "share_with": 0.0}, "not at this scale"),
+    ("C6", {"share_without": 0.02, "share_with": 0.001}, "reproduced"),
+    ("C6", {"share_without": 0.02, "share_with": 0.015}, "partly"),
+    ("C7", {"without": {"classification": 0.5, "segmentation_miou": 0.3, "depth_rmse": 0.2},
+            "with": {"classification": 0.5, "segmentation_miou": 0.35, "depth_rmse": 0.15}}, "reproduced"),
+    ("C7", {"without": {"classification": 0.5, "segmentation_miou": 0.3, "depth_rmse": 0.2},
+            "with": {"classification": 0.4, "segmentation_miou": 0.35, "depth_rmse": 0.15}}, "not at this scale"),
+    ("C8", {"without": 0.1, "with": 0.3}, "reproduced"),
+    ("C8", {"without": 0.1, "with": 0.105}, "not at this scale"),
+])
+def test_verdict_rules(claim, measured, expected) -> None:
+    v, rule = claims.verdict(claim, measured)
+    assert v == expected and rule
+
+
+def test_record_merges_writes_json_and_refuses_a_corrupt_file(tmp_path) -> None:
+    claims.record("cpu", "C1", {"share": float("nan"), "ratio": torch.tensor(1.5)}, "cpu", "m", "ch", root=tmp_path)
+    claims.record("cpu", "C8", {"without": 0.1, "with": 0.3}, "cpu", "m", "ch", root=tmp_path)
+    path = claims.claims_path("cpu", tmp_path)
+    doc = json.loads(path.read_text())
+    assert list(doc) == ["C1", "C8"] and doc["C1"]["measured"] == {"share": None, "ratio": 1.5}
+    assert doc["C8"]["verdict"] == "reproduced" and doc["C8"]["paper"] == claims.PAPER["C8"]
+    assert list(claims.table(doc)["verdict"]) == ["not at this scale", "reproduced"]
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match=f"corrupt claims file {path}"):
+        claims.record("cpu", "C1", {"share": 0.0}, "cpu", "m", "ch", root=tmp_path)
+    assert path.read_text() == "{not json"  # left for inspection, not overwritten
+    with pytest.raises(KeyError, match="unknown claim 'C9'"):
+        claims.verdict("C9", {})

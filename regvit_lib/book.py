@@ -34,7 +34,7 @@ from .train import TrainedRun, train
 
 __all__ = ["Subject", "load_subject", "ratio_per_layer", "norm_report", "sinks", "dense_table",
            "register_maps", "object_discovery", "local_and_global", "neighbour_table", "layer_norms", "planted",
-           "size_ladder", "size_sweep", "share_per_layer"]
+           "size_ladder", "size_sweep", "share_per_layer", "peak_layer"]
 
 
 @dataclass
@@ -62,7 +62,8 @@ def ratio_per_layer(feats: Features) -> Tensor:
     return n.amax(-1) / n.median(dim=-1).values
 
 
-def _peak_layer(feats: Features) -> int:
+def peak_layer(feats: Features) -> int:
+    """The block (>= 1 when there are several) with the largest mean per-image max/median ratio."""
     r = ratio_per_layer(feats).mean(0)  # (L,)
     start = 1 if len(r) > 1 else 0  # block 0 reacts to the raw contrast of the input
     return start + int(r[start:].argmax())
@@ -108,7 +109,7 @@ def load_subject(profile: Profile, registers: int = 0, pretrained: str | None = 
     scenes = render_scenes(data, "val", np.arange(n))
     feats = collect(model, scenes.image, scenes.label, attn=True, batch_size=32)
     visual = scenes.image[:4] if pretrained is None else photos(img_size)
-    return Subject(name, scale, model, feats, scenes, data, _peak_layer(feats), run, visual)
+    return Subject(name, scale, model, feats, scenes, data, peak_layer(feats), run, visual)
 
 
 def norm_report(subject: Subject, k: float = OUTLIER_K, layer: int | None = None) -> dict[str, float]:

@@ -34,6 +34,7 @@ import json
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -42,12 +43,14 @@ from typing import Any
 import torch
 
 __all__ = ["CACHE_ENV_VAR", "CacheCorruptError", "cache_root", "atomic_write", "code_version",
-           "config_key", "RunStore", "file_sha256"]
+           "config_key", "RunStore", "file_sha256", "cached_measurement"]
 
 CACHE_ENV_VAR = "REGVIT_CACHE"
 _PACKAGE = Path(__file__).resolve().parent
 # The modules whose code decides what a trained run contains.
 _CODE = ("model.py", "data.py", "train.py", "selfsup.py", "summaries.py")
+# ... and what a measurement on trained runs contains (see cached_measurement).
+_MEASURE_CODE = _CODE + ("analysis.py", "probes.py", "book.py", "ablations.py", "flops.py", "bench.py")
 
 
 class CacheCorruptError(RuntimeError):
@@ -93,12 +96,12 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
-def code_version() -> str:
+def code_version(files: tuple[str, ...] = _CODE) -> str:
     """A hash of the code that decides a run's result: syntax trees, without docstrings/comments.
 
     Recomputed only when one of the files changes (by modification time and size).
     """
-    stamps = tuple((name, (_PACKAGE / name).stat().st_mtime_ns, (_PACKAGE / name).stat().st_size) for name in _CODE)
+    stamps = tuple((name, (_PACKAGE / name).stat().st_mtime_ns, (_PACKAGE / name).stat().st_size) for name in files)
     return _code_version(stamps)
 
 
@@ -195,8 +198,43 @@ class RunStore:
 
     def set_aside(self, path: Path) -> Path | None:
         """Rename a corrupt file out of the way (kept for inspection, never deleted)."""
-        if not path.exists():
-            return None
-        target = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-        os.replace(path, target)
-        return target
+        return set_aside(path)
+
+
+def set_aside(path: Path) -> Path | None:
+    """Rename a corrupt file to ``<name>.corrupt-<time>`` (kept for inspection, never deleted)."""
+    if not path.exists():
+        return None
+    target = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(path, target)
+    return target
+
+
+def cached_measurement(kind: str, config: Any, compute: Callable[[], dict[str, Any]],
+                       root: Path | str | None = None) -> dict[str, Any]:
+    """A measured result (a JSON-able dict), computed once per configuration and code version.
+
+    The key hashes ``kind``, ``config`` (JSON-able, dataclasses allowed) and the syntax trees
+    of the training *and* measuring modules, so a change to a probe re-measures and nothing
+    stale is reused. The file, ``<cache>/measurements/<kind>/<key[:24]>.json``, is written
+    atomically; an unreadable or mismatched one is reported, renamed ``*.corrupt-<time>`` and
+    measured again.
+    """
+    doc = {"kind": kind, "config": _jsonable(config), "code": code_version(_MEASURE_CODE)}
+    key = hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    path = Path(root if root is not None else cache_root()) / "measurements" / kind / f"{key[:24]}.json"
+    if path.is_file():
+        try:
+            stored = json.loads(path.read_text())
+            if not isinstance(stored, dict) or stored.get("key") != key or not isinstance(stored.get("result"), dict):
+                raise ValueError(f"holds key {stored.get('key') if isinstance(stored, dict) else None!r}, "
+                                 f"expected {key}")
+            result: dict[str, Any] = stored["result"]
+            return result
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            target = set_aside(path)
+            warnings.warn(f"corrupt cache file {path} ({e}); set aside as {target}, measuring again", stacklevel=2)
+    result = compute()
+    text = json.dumps({"key": key, **doc, "result": result}, indent=1)
+    atomic_write(path, lambda f: f.write(text.encode()))
+    return result

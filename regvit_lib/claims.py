@@ -37,6 +37,10 @@ CLAIMS: dict[str, str] = {
     "C6": "Registers remove the outliers (and take over their role)",
     "C7": "Registers cost nothing in classification and help dense tasks (segmentation, depth)",
     "C8": "Registers help object discovery (LOST CorLoc)",
+    "A1": "One register is enough to remove the artifacts (Fig. 8)",
+    "A2": "Dense tasks have an optimal number of registers (Fig. 8)",
+    "A3": "Classification keeps improving with more registers (Fig. 8)",
+    "A4": "Position embeddings interpolated without antialiasing give striped outlier patterns (App. A)",
 }
 
 # The paper's numbers (Darcet et al. 2024), quoted.
@@ -52,6 +56,10 @@ PAPER: dict[str, dict[str, Any]] = {
            "source": "Table 2a, without -> with registers"},
     "C8": {"DINOv2 VOC07 CorLoc": [35.3, 55.4], "DeiT-III VOC07 CorLoc": [11.7, 27.1],
            "source": "Table 3, without -> with registers"},
+    "A1": {"model": "DINOv2 ViT-L/14 with 0, 1, 2, 4, 8, 16 registers", "numbers": "not published (Fig. 8)"},
+    "A2": {"model": "DINOv2 ViT-L/14", "numbers": "not published (Fig. 8)"},
+    "A3": {"model": "DINOv2 ViT-L/14", "numbers": "not published (Fig. 8); 4 registers kept"},
+    "A4": {"where": "first DINOv2 models: striped outlier positions; all results use antialiasing (App. A)"},
 }
 
 MIN_SHARE = 0.005  # C1: at least 0.5 % of patch tokens above k x their image's median
@@ -115,6 +123,35 @@ def verdict(claim: str, m: dict[str, Any]) -> tuple[str, str]:
         rule = (f"no classification loss (> -{TIE}), mIoU up (> +{TIE}), depth RMSE down (> {100 * TIE:g} %): "
                 "all three = reproduced; no loss and one dense gain = partly")
         return ("reproduced" if all(ok) else "partly" if ok[0] and any(ok[1:]) else none), rule
+    if claim == "A1":
+        s0, s1 = m["share_by_count"]["0"], m["share_by_count"]["1"]
+        if _outliers(s0) == "none":
+            return none, "no outlier tokens without registers: nothing to remove"
+        return ("reproduced" if s1 <= 0.25 * s0 else "partly" if s1 < s0 else none), \
+            "reproduced: 1 register cuts the outlier share to a quarter or less of 0 registers'"
+    if claim == "A2":
+        def interior(by_count: dict[str, float], sign: float) -> bool:
+            vals = [sign * v for v in by_count.values()]  # larger is better after the sign
+            best = max(range(len(vals)), key=vals.__getitem__)
+            return 0 < best < len(vals) - 1 and vals[best] > max(vals[0], vals[-1]) + TIE * abs(vals[best])
+        ok = [interior(m["miou_by_count"], 1.0), interior(m["rmse_by_count"], -1.0)]
+        rule = (f"the best mIoU / depth RMSE is at an intermediate register count, better than both ends "
+                f"by > {100 * TIE:g} %: both = reproduced, one = partly")
+        return ("reproduced" if all(ok) else "partly" if any(ok) else none), rule
+    if claim == "A3":
+        acc = list(m["acc_by_count"].values())
+        rise = acc[-1] > acc[0] + TIE
+        steady = all(b >= a - TIE for a, b in zip(acc, acc[1:]))
+        rule = (f"reproduced: accuracy with the most registers beats 0 registers by > {TIE} and never drops "
+                f"by > {TIE} from one count to the next; partly: the first only")
+        return ("reproduced" if rise and steady else "partly" if rise else none), rule
+    if claim == "A4":
+        rule = ("reproduced: without antialiasing more outlier tokens and a more striped mean norm map "
+                "than with it, at the downsampled resolution")
+        if _outliers(m["share_no_aa"]) == "none":
+            return none, "no outlier tokens at the new resolution, with or without antialiasing"
+        ok = m["share_no_aa"] > m["share_aa"] and m["stripe_no_aa"] > m["stripe_aa"]
+        return ("reproduced" if ok else none), rule
     # C8
     w, r = m["without"], m["with"]
     rule = f"reproduced: CorLoc with registers higher by > {TIE}"

@@ -6,6 +6,8 @@ glues the returned figure, and ``fig.savefig("x.pdf")`` gives a thesis-ready vec
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -21,7 +23,7 @@ from .data import SceneBatch
 __all__ = ["use_style", "TOKEN_COLORS", "patch_grid", "token_layout", "register_overhead",
            "scenes_grid", "scene_labels", "training_curves", "norm_histogram", "norms_per_layer",
            "attention_maps", "neighbour_similarity", "local_probes", "token_probe", "emergence",
-           "sinks_per_layer", "norms_vs_size", "save"]
+           "sinks_per_layer", "norms_vs_size", "register_ablation", "resolution_maps", "save"]
 
 # One colour per token kind, used by every figure of the book.
 TOKEN_COLORS = {"cls": "#d62728", "reg": "#2ca02c", "patch": "#1f77b4"}
@@ -424,6 +426,53 @@ def norms_vs_size(rows: list[dict], ax: plt.Axes | None = None) -> Figure:
                     ha="center")
     ax.legend(fontsize=7, loc="upper left")
     ax2.legend(fontsize=7, loc="lower right")
+    return fig
+
+
+def register_ablation(grid: pd.DataFrame, summary: pd.DataFrame) -> Figure:
+    """Paper Fig. 8: artifact maps on top (one image's patch-norm / median map per register
+    count, first seed), and below the three probes against the number of registers (mean over
+    seeds, bars: standard deviation when there are several seeds).
+
+    Args:
+        grid: :func:`regvit_lib.ablations.register_grid`; summary: its ``grid_summary``.
+    """
+    counts = list(summary["registers"])
+    fig = plt.figure(figsize=(1.5 * max(len(counts), 4), 5.2), layout="constrained")
+    top, bottom = cast(Any, fig.subfigures(2, 1, height_ratios=[1, 1.3]))
+    maps = top.subplots(1, len(counts), squeeze=False)[0]
+    first = grid.sort_values("seed").groupby("registers").first()
+    hi = max(float(np.max(m)) for m in first["norm_map"])
+    for ax, c in zip(maps, counts):
+        im = ax.imshow(np.asarray(first.loc[c, "norm_map"]), cmap="magma", vmin=0, vmax=hi, interpolation="nearest")
+        ax.set_title(f"{c} reg.", fontsize=8)
+        _bare(ax)
+    top.colorbar(im, ax=list(maps), shrink=0.8, label="norm / median")
+    panels = bottom.subplots(1, 3)
+    x = np.arange(len(counts))
+    for ax, col, title in zip(panels, ("classification", "segmentation_miou", "depth_rmse"),
+                              ("classification (acc)", "segmentation (mIoU)", "depth (RMSE, lower is better)")):
+        sd = summary.get(f"{col} sd")
+        ax.errorbar(x, summary[col], yerr=None if sd is None or sd.isna().all() else sd, marker="o", capsize=3,
+                    color=TOKEN_COLORS["reg"])
+        ax.set_xticks(x, [str(c) for c in counts])
+        ax.set_xlabel("registers")
+        ax.set_title(title, fontsize=9)
+    return fig
+
+
+def resolution_maps(study: pd.DataFrame) -> Figure:
+    """App. A: the mean per-position norm / median map at each resolution, with and without
+    antialiased interpolation of the position embedding."""
+    sizes = sorted(study["img_size"].unique())
+    fig, axes = plt.subplots(2, len(sizes), figsize=(2.4 * len(sizes), 4.6), layout="constrained", squeeze=False)
+    for j, size in enumerate(sizes):
+        for i, aa in enumerate((True, False)):
+            row = study[(study["img_size"] == size) & (study["antialias"] == aa)].iloc[0]
+            axes[i, j].imshow(np.asarray(row["mean_map"]), cmap="magma", interpolation="nearest")
+            axes[i, j].set_title(f"{size} px, {'antialiased' if aa else 'no antialias'}\n"
+                                 f"stripe {row['stripe']:.2f}", fontsize=8)
+            _bare(axes[i, j])
     return fig
 
 

@@ -1,0 +1,185 @@
+"""Chapter 4's ablations: how many registers (the paper's Fig. 8), and position embeddings at
+another resolution (its App. A).
+
+**Registers.** :func:`register_grid` trains (through the cache) the profile's model with
+0, 1, 2, 4, 8 and 16 registers for each of the profile's seeds and measures on each the
+artifact (outlier share, max/median norm ratio, strongest sink), the three probes of Table 2,
+LOST CorLoc, the counted FLOPs and the parameters. Every row is a cached measurement
+(:func:`regvit_lib.cache.cached_measurement`), so rebuilding the chapter reads JSON files.
+:func:`register_throughput` measures the training-speed cost of the extra tokens with the models
+taking turns step by step (a shared machine drifts; alternating cancels it).
+
+**Resolution.** A ViT's position embedding is a grid of vectors; at another input size it is
+resized by bicubic interpolation. The paper (App. A) traces striped outlier patterns in its
+first models to interpolating *without antialiasing*; :func:`at_resolution` builds the model at
+a new size with or without it, and :func:`resolution_study` measures the artifact there.
+Antialiasing only changes a *downsampling* (a smaller grid); upsampling is the same either way.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .analysis import OUTLIER_K, collect, detect_outliers
+from .bench import _stepper, step_rate
+from .book import dense_table, load_subject, norm_report, object_discovery, peak_layer, sinks
+from .cache import cached_measurement
+from .data import normalize, render_scenes
+from .flops import count_flops
+from .model import RegViT, build_model
+from .profiles import Profile
+
+__all__ = ["REGISTER_COUNTS", "register_grid", "grid_summary", "register_throughput", "resample_pos_embed",
+           "at_resolution", "resolution_study"]
+
+REGISTER_COUNTS = (0, 1, 2, 4, 8, 16)  # the paper's Fig. 8
+
+
+def _register_row(profile: Profile, registers: int, seed: int, images: int, k: float) -> dict[str, Any]:
+    s = load_subject(profile, registers=registers, images=images, seed=seed)
+    assert s.run is not None
+    r = norm_report(s, k)
+    d = dense_table([s]).iloc[0]
+    sink = sinks(s).iloc[-1]
+    g = s.feats.grid
+    first = detect_outliers(s.feats, s.layer, k).ratio[0].reshape(g, g)  # one image's norm map
+    return {"registers": registers, "seed": seed, "params": s.params, "gflops": count_flops(s.model.cfg) / 1e9,
+            "test_acc": s.run.metrics["test_acc"], "layer": r["layer"], "share": r["share"],
+            "ratio_mean": r["ratio_mean"], "ratio_max": r["ratio_max"],
+            "classification": float(d["classification (acc)"]), "segmentation_miou": float(d["segmentation (mIoU)"]),
+            "depth_rmse": float(d["depth (RMSE)"]), "corloc": float(object_discovery([s]).iloc[0]["LOST corloc"]),
+            "sink_mass": float(sink["sink mass"]), "sink_on": str(sink["sink on"]),
+            "train_seconds": s.run.metrics["train_seconds"], "norm_map": first.tolist()}
+
+
+def register_grid(profile: Profile, counts: tuple[int, ...] = REGISTER_COUNTS, seeds: list[int] | None = None,
+                  images: int = 400, k: float = OUTLIER_K, progress: bool = True) -> pd.DataFrame:
+    """One row per (register count, seed): the artifact, the probes, FLOPs, parameters.
+
+    Args:
+        profile: the book's profile (model, data, recipe).
+        counts: register counts (non-negative ints).
+        seeds: training seeds (default: the profile's ``seeds`` seeds from its ``seed``).
+        images: validation scenes measured per model.
+        k: the outlier rule.
+        progress: a progress bar over the runs (most of the time is training, on a first build).
+    """
+    bad = [c for c in counts if isinstance(c, bool) or not isinstance(c, int) or c < 0]
+    if bad:
+        raise ValueError(f"register counts must be ints >= 0, got {bad}")
+    seeds = list(range(profile.seed, profile.seed + profile.seeds)) if seeds is None else list(seeds)
+    rows = []
+    jobs = [(c, s) for c in counts for s in seeds]
+    for c, s in tqdm(jobs, desc="register grid", disable=not progress):
+        config = {"run": profile.run(seed=s, num_registers=c), "images": images, "k": k}
+        rows.append(cached_measurement("register-grid", config, lambda: _register_row(profile, c, s, images, k)))
+    return pd.DataFrame(rows)
+
+
+def grid_summary(grid: pd.DataFrame) -> pd.DataFrame:
+    """Mean and standard deviation over seeds of every number, one row per register count."""
+    numbers = grid.drop(columns=["seed", "sink_on", "norm_map"]).groupby("registers")
+    mean, std = numbers.mean(), numbers.std(ddof=1)
+    out = mean.join(std, rsuffix=" sd")
+    out["seeds"] = numbers.size()
+    base = mean["gflops"].iloc[0]
+    out["flops +%"] = 100 * (mean["gflops"] / base - 1)
+    return out.reset_index()
+
+
+def register_throughput(profile: Profile, counts: tuple[int, ...] = REGISTER_COUNTS, rounds: int = 6,
+                        batch: int | None = None, device: str | None = None) -> dict[str, Any]:
+    """Training images/s of the profile's model with each register count, taking turns.
+
+    Each round times one training step of every model in turn (the order rotating by round);
+    the median over rounds is kept. Cached per machine kind (device and thread count).
+    """
+    dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    b = batch or profile.train.batch_size
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
+    config = {"model": profile.model, "counts": list(counts), "rounds": rounds, "batch": b, "device": name}
+
+    def compute() -> dict[str, Any]:
+        cfg = profile.model
+        x = torch.randn(b, cfg.in_chans, cfg.img_size, cfg.img_size, device=dev)
+        y = torch.randint(cfg.num_classes, (b,), device=dev)
+        steps = [_stepper(build_model(replace(cfg, num_registers=c), device=dev).train(), x, y, amp=False)
+                 for c in counts]
+        for step in steps:
+            step()  # warm-up
+        times: list[list[float]] = [[] for _ in counts]
+        for r in range(rounds):
+            for i in np.roll(np.arange(len(counts)), r):
+                times[i].append(b / step_rate(steps[i], b, dev, 1))
+        rates = [b / statistics.median(t) for t in times]
+        return {"device": name, "img_per_s": dict(zip(map(str, counts), rates)),
+                "slowdown_pct": dict(zip(map(str, counts), [100 * (rates[0] / r - 1) for r in rates]))}
+
+    return cached_measurement("register-throughput", config, compute)
+
+
+def resample_pos_embed(pos: Tensor, grid: int, antialias: bool) -> Tensor:
+    """Bicubic resize of a ``(1, g*g, D)`` patch position embedding to ``(1, grid*grid, D)``."""
+    _, N, D = pos.shape
+    g = int(round(N**0.5))
+    if g * g != N:
+        raise ValueError(f"position embedding of {N} positions is not a square grid")
+    img = pos.reshape(1, g, g, D).permute(0, 3, 1, 2)  # (1, D, g, g)
+    out = F.interpolate(img.float(), size=(grid, grid), mode="bicubic", align_corners=False, antialias=antialias)
+    return out.permute(0, 2, 3, 1).reshape(1, grid * grid, D).to(pos.dtype)
+
+
+def at_resolution(model: RegViT, img_size: int, antialias: bool = True) -> RegViT:
+    """The same weights at another input size, the position embedding resized (bicubic).
+
+    Raises:
+        ConfigError: ``img_size`` is not a multiple of the patch size (from the model config).
+    """
+    cfg = replace(model.cfg, img_size=img_size)
+    new = build_model(cfg, device=next(model.parameters()).device)
+    state = dict(model.state_dict())
+    state["pos_embed"] = resample_pos_embed(state["pos_embed"], cfg.grid_size, antialias)
+    new.load_state_dict(state)
+    return new.eval()
+
+
+def resolution_study(profile: Profile, sizes: tuple[int, ...], images: int = 200, k: float = OUTLIER_K,
+                     registers: int = 0) -> pd.DataFrame:
+    """The profile's model evaluated at other input sizes, position embedding resized with and
+    without antialiasing: per (size, antialias), the outlier share, max/median ratio, accuracy,
+    and ``stripe`` -- how much of the mean norm map's variation lies along rows or columns.
+
+    ``stripe`` is the variance of the row means plus that of the column means over the variance
+    of the whole map of mean per-position norm ratios (1 for perfect stripes, ~2/g for noise).
+    """
+    run = load_subject(profile, registers=registers, images=4).run
+    assert run is not None
+    rows = []
+    for size in sizes:
+        data = replace(profile.data, img_size=size)
+        scenes = render_scenes(data, "val", np.arange(min(images, data.val_size)))
+        for aa in (True, False):
+            m = at_resolution(run.model, size, antialias=aa)
+            feats = collect(m, scenes.image, scenes.label, attn=False)
+            layer = peak_layer(feats)
+            out = detect_outliers(feats, layer, k)
+            g = m.cfg.grid_size
+            mean_map = out.ratio.mean(0).reshape(g, g)
+            var = float(mean_map.var()) or 1e-12
+            with torch.no_grad():
+                acc = float((m(normalize(scenes.image)).argmax(-1) == scenes.label).float().mean())
+            rows.append({"img_size": size, "grid": g, "antialias": aa, "layer": layer, "share": out.share,
+                         "ratio_mean": float(out.ratio.amax(-1).mean()),
+                         "stripe": float(mean_map.mean(0).var() + mean_map.mean(1).var()) / var,
+                         "accuracy": acc, "mean_map": mean_map.tolist()})
+    return pd.DataFrame(rows)
+

@@ -1,4 +1,4 @@
-"""The paper's claims C1-C8, our measurements of each, and a verdict by a stated rule.
+"""The paper's claims C1-C8 (and the ablation claims A1-A4), our measurements, a verdict by a stated rule.
 
 Each chapter that measures a claim calls :func:`record`; the results land in one JSON file per
 profile, ``<cache>/claims/<profile>.json`` (the cache folder of :func:`regvit_lib.cache.cache_root`:

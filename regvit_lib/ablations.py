@@ -30,13 +30,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .analysis import OUTLIER_K, collect, detect_outliers
-from .bench import _stepper, step_rate
+from .bench import step_rate, training_step
 from .book import dense_table, load_subject, norm_report, object_discovery, peak_layer, sinks
 from .cache import cached_measurement
 from .data import normalize, render_scenes
 from .flops import count_flops
 from .model import RegViT, build_model
 from .profiles import Profile
+from .train import train
 
 __all__ = ["REGISTER_COUNTS", "register_grid", "grid_summary", "register_throughput", "resample_pos_embed",
            "at_resolution", "resolution_study"]
@@ -112,7 +113,7 @@ def register_throughput(profile: Profile, counts: tuple[int, ...] = REGISTER_COU
         cfg = profile.model
         x = torch.randn(b, cfg.in_chans, cfg.img_size, cfg.img_size, device=dev)
         y = torch.randint(cfg.num_classes, (b,), device=dev)
-        steps = [_stepper(build_model(replace(cfg, num_registers=c), device=dev).train(), x, y, amp=False)
+        steps = [training_step(build_model(replace(cfg, num_registers=c), device=dev).train(), x, y, amp=False)
                  for c in counts]
         for step in steps:
             step()  # warm-up
@@ -161,8 +162,7 @@ def resolution_study(profile: Profile, sizes: tuple[int, ...], images: int = 200
     ``stripe`` is the variance of the row means plus that of the column means over the variance
     of the whole map of mean per-position norm ratios (1 for perfect stripes, ~2/g for noise).
     """
-    run = load_subject(profile, registers=registers, images=4).run
-    assert run is not None
+    run = train(profile.run(num_registers=registers), progress=False)  # from the cache when trained before
     rows = []
     for size in sizes:
         data = replace(profile.data, img_size=size)

@@ -39,7 +39,7 @@ from .data import ScenesConfig, normalize, render_scenes
 from .flops import count_flops
 from .model import build_model
 
-__all__ = ["generator_rate", "step_rate", "compare_with_timm", "analysis_cost", "matmul_tflops", "mfu", "main"]
+__all__ = ["generator_rate", "training_step", "step_rate", "compare_with_timm", "analysis_cost", "matmul_tflops", "mfu", "main"]
 
 
 def _sync(device: torch.device) -> None:
@@ -64,7 +64,8 @@ def generator_rate(img_size: int, batch: int = 256, rounds: int = 8) -> float:
         torch.set_num_threads(threads)
 
 
-def _stepper(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: bool) -> Callable[[], None]:
+def training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: bool) -> Callable[[], None]:
+    """One AdamW training step of ``model`` on the fixed batch ``(x, y)``, as a callable to time."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step() -> None:
@@ -101,9 +102,9 @@ def compare_with_timm(cfg: ModelConfig, batch: int, pairs: int = 30, device: str
     dev = torch.device(device)
     x = torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size, device=dev)
     y = torch.randint(max(cfg.num_classes, 1), (batch,), device=dev)
-    ours = _stepper(build_model(cfg, device=dev).train(), x, y, amp=False)
+    ours = training_step(build_model(cfg, device=dev).train(), x, y, amp=False)
     timm_model = tv.VisionTransformer(**timm_kwargs(cfg)).to(dev).train()
-    theirs = _stepper(timm_model, x, y, amp=False)
+    theirs = training_step(timm_model, x, y, amp=False)
     for _ in range(2):
         ours(), theirs()  # warm-up
     t_ours: list[float] = []
@@ -121,7 +122,7 @@ def data_share(cfg: ModelConfig, data: ScenesConfig, batch: int, iters: int = 10
     dev = torch.device("cpu")
     model = build_model(cfg).train()
     x, y = render_scenes(data, "train", np.arange(batch))[:2]
-    step = _stepper(model, normalize(x), y, amp=False)
+    step = training_step(model, normalize(x), y, amp=False)
     step()
     t_data = t_step = 0.0
     for i in range(iters):
@@ -188,7 +189,7 @@ def mfu(batch: int = 256, iters: int = 30, compile_model: bool = True) -> dict[s
     runner: nn.Module = torch.compile(model) if compile_model else model  # type: ignore[assignment]
     x = torch.randn(batch, 3, 224, 224, device=dev)
     y = torch.randint(cfg.num_classes, (batch,), device=dev)
-    step = _stepper(runner, x, y, amp=True)
+    step = training_step(runner, x, y, amp=True)
     for _ in range(5):
         step()
     rate = step_rate(step, batch, dev, iters)

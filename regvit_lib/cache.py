@@ -10,6 +10,8 @@ not retrain anything and changing a line of code does). Layout of one run::
         model.pt        the final weights (a state dict)
         result.json     metrics, curves, the SHA-256 of model.pt -- written last
         checkpoint.pt   only while training: weights, optimiser, step, curves
+        transport.json  only for a run resumed from a pack brought from another machine
+                        (:mod:`regvit_lib.transport`): the step and lossiness of each resume
 
 Every file is written to a temporary name in the same folder, flushed and renamed
 (:func:`atomic_write`), so a file is either whole or absent. A run is complete when

@@ -342,7 +342,7 @@ def emergence(rows: list[dict], paper_ratio: float | None = 10.0) -> Figure:
     """The emergence study on a compute axis: norm ratio and sink mass of every run.
 
     Left: the largest per-image max/median patch-norm ratio (mean over images, best block >= 1)
-    at the end of each run; the compute runs are also drawn over their training. Right: the
+    at the end of each run; the compute runs (all seeds) are also drawn over their training. Right: the
     attention mass of the strongest sink. ``paper_ratio``: the ~10x of the paper's outliers.
 
     Args:
@@ -350,14 +350,14 @@ def emergence(rows: list[dict], paper_ratio: float | None = 10.0) -> Figure:
     """
     fig, (a, b) = plt.subplots(1, 2, figsize=(9.5, 3.6), layout="constrained")
     axes = sorted({r["axis"] for r in rows})
-    cmap = plt.get_cmap("tab10")
+    colours = [plt.get_cmap("tab10")(i) for i in (0, 1, 2, 3, 4, 5, 6, 8, 9)] + ["black"] * 9  # no grey: the curves are grey
     for i, axis in enumerate(axes):
         pts = [r for r in rows if r["axis"] == axis]
         x = [r["train_flops"] for r in pts]
-        a.scatter(x, [r["final_ratio_mean"] for r in pts], color=cmap(i), label=axis, zorder=3)
-        b.scatter(x, [r["final_sink_mass"] for r in pts], color=cmap(i), label=axis, zorder=3)
+        a.scatter(x, [r["final_ratio_mean"] for r in pts], color=colours[i], label=axis, zorder=3)
+        b.scatter(x, [r["final_sink_mass"] for r in pts], color=colours[i], label=axis, zorder=3)
     for r in rows:
-        if r["axis"] in ("compute", "baseline"):
+        if r["axis"] in ("compute", "baseline", "seeds"):
             c = [p for p in r["curve"] if p["train_flops"] > 0]
             a.plot([p["train_flops"] for p in c], [p["ratio_mean"] for p in c], color="grey", lw=0.8, alpha=0.6)
             b.plot([p["train_flops"] for p in c], [p["sink_mass"] for p in c], color="grey", lw=0.8, alpha=0.6)

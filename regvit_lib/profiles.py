@@ -40,8 +40,9 @@ patches, the token count of a ViT at 224 px / patch 14): 12.1 GFLOPs forward, 36
 train on one image. At a planning rate of 250 TFLOP/s sustained in bf16 on one H100 (~35 % of
 its dense peak), ~6,900 images/s. 3,000 steps x 512 images = 1.5 M images = 5.6e16 FLOPs,
 ~3.7 min a run; 6 runs ~ 22 min, plus probes: ~25 min. The scenes are rendered on the GPU.
-(Not yet measured on a GPU: the first session with one must check the rate with the
-benchmark and resize ``steps`` if needed.)
+(Not yet measured on a GPU: the first session with one runs ``python -m regvit_lib.gpu_study``,
+whose rows carry the measured rate and MFU, and resizes ``steps`` from them; ``data/README.md``
+has the commands.)
 
 ``smoke`` -- width 32, depth 2, 32 px, patch 8 (16 patches), 20 steps of 32 images and small
 evaluation splits: a run trains in 0.3 s.

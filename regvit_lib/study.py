@@ -11,6 +11,7 @@ training loop -- the per-image max/median patch-norm ratio, the share of patch t
 Each *axis* varies one thing around the profile's recipe (``profile.run()``):
 
 * ``compute``   -- training steps x1/2, x1, x2, x4;
+* ``seeds``     -- the compute axis (x1, x2, x4) again with two more seeds;
 * ``tokens``    -- patch 8 (16 tokens) vs patch 4 (64 tokens) at the same image size;
 * ``pooling``   -- [CLS] vs average pooling (the sinks seen outside the project needed avg);
 * ``optimiser`` -- weight decay 0.3; peak learning rate x2.5;
@@ -45,7 +46,7 @@ from .profiles import Profile, get_profile
 from .summaries import RATIO_BINS
 from .train import RunConfig, TrainedRun, train
 
-__all__ = ["study_points", "summarize", "run_study", "study_table", "load_study", "stored_study", "headline",
+__all__ = ["study_points", "summarize", "study_row", "run_study", "git_commit", "gpu_status", "extrapolation_text", "verdict_text", "study_table", "load_study", "stored_study", "headline",
            "STUDY_DIR", "main"]
 
 # Where the stored study results live (committed; see data/README.md).
@@ -60,12 +61,20 @@ def study_points(profile: Profile) -> list[tuple[str, str, RunConfig]]:
     def with_train(**kw: Any) -> RunConfig:
         return replace(base, train=replace(t, **kw))
 
+    def with_steps(f: float, seed: int) -> RunConfig:
+        if f == 1:
+            return replace(base, seed=seed)
+        steps = int(t.steps * f)
+        return replace(with_train(steps=steps, warmup_steps=max(1, int(t.warmup_steps * f)),
+                                  eval_every=max(1, steps // 6), checkpoint_every=max(1, steps // 6)), seed=seed)
+
     pts: list[tuple[str, str, RunConfig]] = [("baseline", "profile recipe", base)]
     for f in (0.5, 2, 4):
-        steps = int(t.steps * f)
-        pts.append(("compute", f"steps x{f:g}", with_train(
-            steps=steps, warmup_steps=max(1, int(t.warmup_steps * f)), eval_every=max(1, steps // 6),
-            checkpoint_every=max(1, steps // 6))))
+        pts.append(("compute", f"steps x{f:g}", with_steps(f, base.seed)))
+    # Two more seeds of the compute axis: is a trend a trend, or one seed's luck?
+    for seed in (base.seed + 1, base.seed + 2):
+        for f in (1, 2, 4):
+            pts.append(("seeds", f"steps x{f:g}, seed {seed}", with_steps(f, seed)))
     pts.append(("tokens", f"patch {2 * m.patch_size} ({(m.img_size // (2 * m.patch_size)) ** 2} tokens)",
                 replace(base, model=replace(m, patch_size=2 * m.patch_size))))
     pts.append(("pooling", "average pooling", replace(base, model=replace(m, global_pool="avg"))))
@@ -156,6 +165,11 @@ def summarize(run: TrainedRun, k: float = 4.0) -> dict[str, Any]:
             "curve": [_record_summary(rec, k) for rec in run.curves]}
 
 
+def study_row(axis: str, label: str, trained: TrainedRun, k: float, seconds: float) -> dict[str, Any]:
+    """The study's row of one point: its axis and label, how it was obtained, and :func:`summarize`."""
+    return {"axis": axis, "label": label, "cached": trained.cached, "call_seconds": seconds, **summarize(trained, k)}
+
+
 def run_study(profile: Profile, root: Path | str | None = None, progress: bool = False, k: float = 4.0,
               axes: set[str] | None = None) -> list[dict[str, Any]]:
     """Train or load every point of the study (or those of the given ``axes``); a row per point."""
@@ -165,8 +179,7 @@ def run_study(profile: Profile, root: Path | str | None = None, progress: bool =
             continue
         t = time.perf_counter()
         trained = train(run, root=root, progress=progress)
-        rows.append({"axis": axis, "label": label, "cached": trained.cached,
-                     "call_seconds": time.perf_counter() - t, **summarize(trained, k)})
+        rows.append(study_row(axis, label, trained, k, time.perf_counter() - t))
         r = rows[-1]
         took = "cached" if trained.cached else f"{r['call_seconds']:.0f} s"
         print(f"{axis:10s} {label:40s} ratio {r['final_ratio_mean']:.2f} sink {r['final_sink_mass']:.2f} "
@@ -207,41 +220,120 @@ def stored_study(profile: str, folder: Path | str = STUDY_DIR) -> tuple[dict[str
     raise FileNotFoundError(f"no stored study in {folder}; run: python -m regvit_lib.study --profile {profile}")
 
 
-def headline(rows: list[dict[str, Any]], paper_ratio: float = 10.0) -> dict[str, Any]:
+def headline(rows: list[dict[str, Any]], paper_ratio: float = 10.0, sink_level: float = 0.5) -> dict[str, Any]:
     """The numbers a reader wants from the study, computed from its rows.
 
     Returns:
         ``best_ratio`` (largest final max/median ratio, mean over images) with its ``run`` and
         ``layer``; ``best_ratio_any`` (over single images); ``best_share`` (largest outlier
-        share); ``best_sink`` (largest sink mass) with ``sink_run``, ``sink_kind``,
+        share) with ``share_run`` and where that run's largest tokens sit
+        (``share_on_background`` against ``share_background_patches``); ``best_sink`` (largest sink mass) with ``sink_run``, ``sink_kind``,
         ``sink_fixed``; ``max_flops``; where the best run's largest tokens sit
         (``top_on_background`` against the base rate ``background_patches``, ``top_similarity``
-        against ``all_similarity``) and ``max_top_on_background`` over all runs; and from the
-        compute axis ``slope`` (ratio gained per
-        10x compute) and ``flops_to_paper`` (the compute at which a straight line in log
-        compute would reach ``paper_ratio``; ``None`` if the ratio does not grow).
+        against ``all_similarity``) and ``max_top_on_background`` over all runs (in run
+        ``max_top_run``, whose ratio is ``max_top_ratio``); and from the compute axis (with its
+        other seeds) ``slope`` (ratio gained per 10x compute) and its standard error
+        ``slope_se`` (``None`` below 3 points),
+        ``flops_to_paper`` (the compute at which a straight line in log compute would reach
+        ``paper_ratio``; ``None`` if the ratio does not grow), and ``by_compute``: per compute,
+        the seeds' mean and standard deviation of the ratio, ``seed_sd`` the largest of those
+        deviations (``None`` with one seed); ``sink_onset``: the fewest training FLOPs at which
+        any compute run's strongest sink took at least ``sink_level`` of the attention (``None``
+        if none did), with ``sink_onset_step``.
     """
     best = max(rows, key=lambda r: r["final_ratio_mean"])
     sink = max(rows, key=lambda r: r["final_sink_mass"])
-    comp = sorted((r for r in rows if r["axis"] in ("compute", "baseline")), key=lambda r: r["train_flops"])
+    comp = sorted((r for r in rows if r["axis"] in ("compute", "baseline", "seeds")), key=lambda r: r["train_flops"])
     x = np.log10([r["train_flops"] for r in comp])
     y = np.array([r["final_ratio_mean"] for r in comp])
-    slope, icpt = np.polyfit(x, y, 1) if len(comp) >= 2 else (0.0, float(y[0]) if len(y) else 0.0)
+    slope, icpt = np.polyfit(x, y, 1) if len(set(x)) >= 2 else (0.0, float(y.mean()) if len(y) else 0.0)
+    slope_se = None  # standard error of the slope (ordinary least squares), from 3 points up
+    if len(set(x)) >= 2 and len(x) >= 3:
+        resid = y - (slope * x + icpt)
+        slope_se = float(np.sqrt(resid @ resid / (len(x) - 2) / ((x - x.mean()) @ (x - x.mean()))))
+    on_bg = max(rows, key=lambda r: r["top_on_background"])
+    most = max(rows, key=lambda r: r["final_outlier_share"])
+    by_compute = [{"train_flops": f, "seeds": int(len(v)), "ratio_mean": float(np.mean(v)),
+                   "ratio_sd": float(np.std(v, ddof=1)) if len(v) > 1 else None}
+                  for f in sorted({r["train_flops"] for r in comp})
+                  for v in [np.array([r["final_ratio_mean"] for r in comp if r["train_flops"] == f])]]
+    sds = [c["ratio_sd"] for c in by_compute if c["ratio_sd"] is not None]
+    sunk = [p for r in comp for p in r["curve"] if p["sink_mass"] >= sink_level] if comp and "curve" in comp[0] else []
+    onset = min(sunk, key=lambda p: p["train_flops"]) if sunk else None
     return {
         "best_ratio": best["final_ratio_mean"], "run": best["label"], "layer": best["final_ratio_mean_layer"],
         "best_ratio_any": max(r["final_ratio_max"] for r in rows),
-        "best_share": max(r["final_outlier_share"] for r in rows),
+        "best_share": most["final_outlier_share"], "share_run": most["label"],
+        "share_on_background": most["top_on_background"], "share_background_patches": most["background_patches"],
         "best_sink": sink["final_sink_mass"], "sink_run": sink["label"], "sink_kind": sink["final_sink_kind"],
         "sink_fixed": sink["final_sink_fixed"], "max_flops": max(r["train_flops"] for r in rows),
         "top_on_background": best["top_on_background"], "background_patches": best["background_patches"],
         "top_similarity": best["top_similarity"], "all_similarity": best["all_similarity"],
-        "max_top_on_background": max(r["top_on_background"] for r in rows),
-        "slope": float(slope),
+        "max_top_on_background": on_bg["top_on_background"], "max_top_run": on_bg["label"],
+        "max_top_ratio": on_bg["final_ratio_mean"],
+        "slope": float(slope), "slope_se": slope_se,
         "flops_to_paper": float(10 ** ((paper_ratio - icpt) / slope)) if slope > 1e-6 else None,
+        "by_compute": by_compute, "seed_sd": max(sds) if sds else None,
+        "sink_onset": None if onset is None else onset["train_flops"],
+        "sink_onset_step": None if onset is None else onset["step"],
     }
 
 
-def _git_commit() -> str | None:
+def verdict_text(h: dict[str, Any], k: float = 4.0) -> str:
+    """The study's verdict on norm outliers, in one sentence, from :func:`headline`."""
+    if h["best_share"] == 0 and h["best_ratio"] < k:
+        return "No run develops high-norm outliers."
+    where = ("on background, where the paper's outliers sit" if h["share_on_background"] > h["share_background_patches"]
+             else "but its largest tokens lie on objects, not on the redundant background where the paper's "
+                  "outliers sit")
+    return (f"The most tokens above {k:g} times their image's median are in {h['share_run']}: "
+            f"{100 * h['best_share']:.2f} % of its patch tokens, {where}.")
+
+
+def extrapolation_text(h: dict[str, Any], paper_ratio: float = 10.0) -> str:
+    """Where the compute axis's straight line reaches ``paper_ratio``, in words, with the caveat
+    the numbers call for (a slope within two standard errors of zero means little)."""
+    if h["flops_to_paper"] is None:
+        return "never: the ratio does not grow with compute"
+    text = f"at {h['flops_to_paper']:.0e} training FLOPs"
+    if h["slope_se"] is not None and h["slope"] < 2 * h["slope_se"]:
+        text += (f", a number that means little: the slope, {h['slope']:+.2f} per tenfold compute, is within two "
+                 f"standard errors ({h['slope_se']:.2f} each) of zero")
+    return text
+
+
+def gpu_status(folder: Path | str = STUDY_DIR) -> str:
+    """One sentence for the book on the stored GPU study (``<folder>/gpu.json``), or on its absence.
+
+    Written by :mod:`regvit_lib.gpu_study`; the sentence gives the device, the measured bf16
+    matmul rate, the runs' MFU, the headline numbers, the runs still pending, and any run that
+    was resumed from a lossy (compact) pack.
+    """
+    path = Path(folder) / "gpu.json"
+    if not path.is_file():
+        return (f"No GPU run is stored yet (data/emergence/{path.name} does not exist): every number of "
+                "this study comes from a CPU.")
+    doc = load_study(path)
+    rows = doc["rows"]
+    if not rows:
+        return f"The stored GPU study ({doc.get('device')}) has no finished run yet."
+    h = headline(rows)
+    mfu = [r["mfu"] for r in rows if r.get("mfu") is not None]
+    lossy = [r["label"] for r in rows if any(e.get("lossy") for e in r.get("resumes", []))]
+    parts = [f"On {doc.get('device')} ({len(rows)} runs, up to {h['max_flops']:.1e} training FLOPs"
+             + (f"; bf16 matmul measured at {doc['matmul_tflops']:.0f} TFLOP/s, MFU "
+                f"{100 * min(mfu):.0f}-{100 * max(mfu):.0f} %" if mfu and doc.get("matmul_tflops") else "")
+             + f") the largest max/median ratio is {h['best_ratio']:.2f} ({h['run']}), at most "
+             f"{100 * h['best_share']:.2f} % of patch tokens pass the outlier rule, and the strongest sink takes "
+             f"{h['best_sink']:.2f} of the attention ({h['sink_kind']} token)."]
+    if doc.get("pending"):
+        parts.append(f"Still unfinished: {', '.join(p['label'] for p in doc['pending'])}.")
+    if lossy:
+        parts.append(f"Resumed from a compact pack (Adam moments restarted): {', '.join(lossy)}.")
+    return " ".join(parts)
+
+
+def git_commit() -> str | None:
     """The checkout's commit, if the library runs from a git checkout (for the record)."""
     import subprocess
 
@@ -266,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.axes is not None and not set(args.axes) <= known:
         ap.error(f"unknown axes {sorted(set(args.axes) - known)}; known: {sorted(known)}")
     command = "python -m regvit_lib.study " + " ".join(argv if argv is not None else sys.argv[1:])
-    stamp = {"code": code_version(), "commit": _git_commit(), "command": command}
+    stamp = {"code": code_version(), "commit": git_commit(), "command": command}
     rows = [{**r, **stamp} for r in run_study(prof, k=args.k, axes=None if args.axes is None else set(args.axes))]
     out = Path(args.out)
     path = out / f"{prof.name}.json"

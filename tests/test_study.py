@@ -18,9 +18,12 @@ matplotlib.use("Agg")
 def test_every_point_is_a_distinct_run_and_every_axis_is_there() -> None:
     pts = study_points(get_profile("cpu"))
     assert {a for a, _, _ in pts} == {"baseline", "compute", "tokens", "pooling", "optimiser", "shape", "data",
-                                      "objective", "registers"}
+                                      "objective", "registers", "seeds"}
     keys = [config_key(r)[0] for _, _, r in pts]
     assert len(set(keys)) == len(keys)
+    seeds = {(r.train.steps, r.seed) for a, _, r in pts if a in ("baseline", "compute", "seeds")}
+    steps = get_profile("cpu").train.steps
+    assert {(steps * f, s) for f in (1, 2, 4) for s in (0, 1, 2)} <= seeds  # every compute, three seeds
     assert pts[0][2] == get_profile("cpu").run()  # the baseline is the profile's own run (shared cache)
 
 
@@ -69,8 +72,39 @@ def test_headline_bound_and_extrapolation() -> None:
     assert h["best_ratio"] == 4.0 and h["run"] == "compute 1e+15" and h["best_ratio_any"] == 5.0
     assert h["best_sink"] == 0.9 and h["sink_run"] == "data 1e+13"
     assert h["slope"] == pytest.approx(1.0) and h["flops_to_paper"] == pytest.approx(1e21, rel=1e-6)
+    assert h["slope_se"] == pytest.approx(0.0, abs=1e-9)  # three points on a line
+    assert (h["max_top_on_background"], h["max_top_run"], h["max_top_ratio"]) == (0.1, "baseline 1e+13", 2.0)
+    from regvit_lib.study import extrapolation_text
+
+    assert extrapolation_text(h) == "at 1e+21 training FLOPs"
+    from regvit_lib.study import verdict_text
+
+    assert verdict_text(headline([_row("baseline", 1e13, 2.0)])) == "No run develops high-norm outliers."
+    some = headline(rows + [_row("data", 1e13, 2.0, share=0.02)])
+    assert (some["share_run"], some["best_share"]) == ("data 1e+13", 0.02)
+    assert "data 1e+13: 2.00 %" in verdict_text(some) and "on objects" in verdict_text(some)  # 0.1 < 0.6
+    noisy = headline(rows + [_row("seeds", 1e13, 3.5), _row("seeds", 1e15, 2.5)])
+    assert 0 < noisy["slope"] < 2 * noisy["slope_se"] and "means little" in extrapolation_text(noisy)
     flat = headline([_row("baseline", 1e13, 2.0), _row("compute", 1e14, 1.9)])
+    assert extrapolation_text(flat).startswith("never")
     assert flat["flops_to_paper"] is None and flat["slope"] < 0
+    assert flat["seed_sd"] is None and [c["seeds"] for c in flat["by_compute"]] == [1, 1]
+    assert flat["slope_se"] is None  # two points: no error estimate
+    # other seeds join the compute axis: per compute, their mean and spread
+    seeded = headline(rows + [_row("seeds", 1e13, 3.0), _row("seeds", 1e13, 4.0), _row("seeds", 1e15, 4.0)])
+    assert seeded["slope_se"] > 0  # the seeds scatter about the line
+    first = seeded["by_compute"][0]
+    assert (first["train_flops"], first["seeds"], first["ratio_mean"]) == (1e13, 3, 3.0)
+    assert first["ratio_sd"] == pytest.approx(1.0) and seeded["seed_sd"] == pytest.approx(1.0)
+    assert seeded["by_compute"][1]["ratio_sd"] is None  # one seed at 1e14
+    assert seeded["sink_onset"] is None  # rows without curves
+    curve = lambda *pts: [{"step": s, "train_flops": f, "sink_mass": m} for s, f, m in pts]  # noqa: E731
+    with_curves = [{**_row("baseline", 1e13, 2.0), "curve": curve((0, 0, 0.1), (50, 3e12, 0.6), (100, 6e12, 0.9))},
+                   {**_row("compute", 2e13, 2.0), "curve": curve((0, 0, 0.1), (100, 6e12, 0.4))},
+                   {**_row("data", 1e13, 2.0), "curve": curve((0, 0, 0.1), (10, 1e11, 0.99))}]  # not compute
+    h = headline(with_curves)
+    assert (h["sink_onset"], h["sink_onset_step"]) == (3e12, 50)
+    assert headline(with_curves, sink_level=0.95)["sink_onset"] is None
 
 
 def test_stored_study_falls_back_to_cpu(tmp_path) -> None:
@@ -81,3 +115,19 @@ def test_stored_study_falls_back_to_cpu(tmp_path) -> None:
     (tmp_path / "cpu.json").write_text(json.dumps({"profile": "cpu", "command": "x", "rows": []}))
     doc, path = stored_study("smoke", tmp_path)
     assert doc["profile"] == "cpu" and path.name == "cpu.json"
+
+
+def test_gpu_status_says_what_is_stored(tmp_path) -> None:
+    from regvit_lib.study import gpu_status
+
+    assert gpu_status(tmp_path).startswith("No GPU run is stored yet")
+    row = {**_row("baseline", 5e16, 3.5, share=0.02), "mfu": 0.31,
+           "resumes": [{"step": 500, "lossy": True, "sha256": "x"}]}
+    doc = {"profile": "gpu", "command": "c", "device": "NVIDIA H100", "matmul_tflops": 700.0,
+           "rows": [row, {**_row("compute", 2e17, 5.0), "mfu": 0.35, "resumes": []}],
+           "pending": [{"label": "steps x4", "step": 3000}]}
+    (tmp_path / "gpu.json").write_text(json.dumps(doc))
+    text = gpu_status(tmp_path)
+    for part in ("NVIDIA H100", "700 TFLOP/s", "MFU 31-35 %", "5.00 (compute 2e+17)", "2.00 %", "steps x4",
+                 "compact pack", "baseline 5e+16"):
+        assert part in text, part

@@ -46,8 +46,8 @@ from .profiles import Profile, get_profile
 from .summaries import RATIO_BINS
 from .train import RunConfig, TrainedRun, train
 
-__all__ = ["study_points", "summarize", "study_row", "run_study", "git_commit", "gpu_status", "extrapolation_text", "verdict_text", "study_table", "load_study", "stored_study", "headline",
-           "STUDY_DIR", "main"]
+__all__ = ["study_points", "summarize", "study_row", "run_study", "study_table", "load_study", "stored_study",
+           "headline", "verdict_text", "extrapolation_text", "gpu_status", "git_commit", "STUDY_DIR", "main"]
 
 # Where the stored study results live (committed; see data/README.md).
 STUDY_DIR = Path(__file__).resolve().parents[1] / "data" / "emergence"
@@ -227,8 +227,8 @@ def headline(rows: list[dict[str, Any]], paper_ratio: float = 10.0, sink_level: 
         ``best_ratio`` (largest final max/median ratio, mean over images) with its ``run`` and
         ``layer``; ``best_ratio_any`` (over single images); ``best_share`` (largest outlier
         share) with ``share_run`` and where that run's largest tokens sit
-        (``share_on_background`` against ``share_background_patches``); ``best_sink`` (largest sink mass) with ``sink_run``, ``sink_kind``,
-        ``sink_fixed``; ``max_flops``; where the best run's largest tokens sit
+        (``share_on_background`` against ``share_background_patches``); ``best_sink`` (largest
+        sink mass) with ``sink_run``, ``sink_kind``, ``sink_fixed``; ``max_flops``; where the best run's largest tokens sit
         (``top_on_background`` against the base rate ``background_patches``, ``top_similarity``
         against ``all_similarity``) and ``max_top_on_background`` over all runs (in run
         ``max_top_run``, whose ratio is ``max_top_ratio``); and from the compute axis (with its

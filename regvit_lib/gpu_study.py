@@ -36,9 +36,10 @@ import torch
 
 from .cache import RunStore, code_version
 from .profiles import get_profile
-from .study import git_commit, study_points, study_row
+from .study import git_commit, in_study_order, study_points, study_row
 from .train import RunConfig, train
-from .transport import CALL_BYTES, PART_BYTES, TransportError, pack_bytes, pack_run, read_manifest, unpack_run
+from .transport import (CALL_BYTES, PART_BYTES, TransportError, pack_bytes, pack_run, read_manifest,
+                        resume_history, unpack_run)
 
 __all__ = ["OutOfTime", "Deadline", "run_points", "merge", "main"]
 
@@ -90,12 +91,6 @@ def _points(profile_name: str, labels: list[str] | None) -> list[tuple[str, str,
     if unknown:
         raise ValueError(f"unknown study points {unknown}; known: {known}")
     return [p for label in labels for p in pts if p[1] == label]
-
-
-def _history(run: RunConfig, root: Path | None) -> list[dict[str, Any]]:
-    """The run's transport history (its resumes from packs), if any."""
-    path = RunStore(run, root).dir / "transport.json"
-    return json.loads(path.read_text()) if path.is_file() else []
 
 
 def run_points(profile: str, labels: list[str] | None, budget_s: float, out: Path, state: Path | None = None,
@@ -157,7 +152,7 @@ def run_points(profile: str, labels: list[str] | None, budget_s: float, out: Pat
                             "steps": run.train.steps, **_pack(run, out / "state", mode, root, room)})
             continue
         row = study_row(axis, label, trained, k, time.perf_counter() - t)
-        row["resumes"] = _history(run, root)
+        row["resumes"] = resume_history(run, root)
         row["gpu"] = torch.cuda.get_device_name() if cuda else None
         achieved = row["train_flops"] / max(row["train_seconds"], 1e-9) / 1e12
         row["achieved_tflops"] = achieved
@@ -209,8 +204,7 @@ def merge(files: list[Path], into: Path) -> dict[str, Any]:
             rows[r["label"]] = {**stamp, **{k: v for k, v in r.items() if v is not None or k not in stamp}}
         for p in d.get("pending", []):
             pending[p["label"]] = {**p, "command": d.get("command")}
-    order = [label for _, label, _ in study_points(get_profile(docs[0]["profile"]))]
-    merged = sorted(rows.values(), key=lambda r: order.index(r["label"]) if r["label"] in order else len(order))
+    merged = in_study_order(list(rows.values()), get_profile(docs[0]["profile"]))
     last = docs[-1]
     doc = {"command": " ; ".join(dict.fromkeys(d["command"] for d in docs if d.get("command"))),
            "profile": last["profile"], "k": last["k"], "code": last["code"], "commit": last["commit"],

@@ -46,7 +46,7 @@ from .profiles import Profile, get_profile
 from .summaries import RATIO_BINS
 from .train import RunConfig, TrainedRun, train
 
-__all__ = ["study_points", "summarize", "study_row", "run_study", "study_table", "load_study", "stored_study",
+__all__ = ["study_points", "summarize", "study_row", "run_study", "in_study_order", "study_table", "load_study", "stored_study",
            "headline", "verdict_text", "extrapolation_text", "gpu_status", "git_commit", "STUDY_DIR", "main"]
 
 # Where the stored study results live (committed; see data/README.md).
@@ -185,6 +185,12 @@ def run_study(profile: Profile, root: Path | str | None = None, progress: bool =
         print(f"{axis:10s} {label:40s} ratio {r['final_ratio_mean']:.2f} sink {r['final_sink_mass']:.2f} "
               f"({r['final_sink_kind']}) acc {r['test_acc']:.3f} {took}", file=sys.stderr)
     return rows
+
+
+def in_study_order(rows: list[dict[str, Any]], profile: Profile) -> list[dict[str, Any]]:
+    """``rows`` sorted as :func:`study_points` lists their points (unknown labels last)."""
+    order = [label for _, label, _ in study_points(profile)]
+    return sorted(rows, key=lambda r: order.index(r["label"]) if r["label"] in order else len(order))
 
 
 def study_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -368,8 +374,7 @@ def main(argv: list[str] | None = None) -> None:
             ap.error(f"{path} was made with k={old.get('k')}, not {args.k}; re-run all axes")
         kept = [{**{key: old.get(key) for key in ("code", "commit", "command")}, **r}
                 for r in old["rows"] if r["axis"] not in set(args.axes)]
-        order = [label for _, label, _ in study_points(prof)]
-        rows = sorted(kept + rows, key=lambda r: order.index(r["label"]) if r["label"] in order else len(order))
+        rows = in_study_order(kept + rows, prof)
     out.mkdir(parents=True, exist_ok=True)
     doc = {"command": command, "profile": prof.name, "k": args.k, **stamp, "rows": rows,
            "code_versions": sorted({r["code"] for r in rows})}

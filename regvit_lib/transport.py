@@ -39,11 +39,13 @@ import torch
 
 from .cache import RunStore, atomic_write
 
-__all__ = ["PART_BYTES", "CALL_BYTES", "TransportError", "pack_run", "unpack_run", "read_manifest", "pack_bytes"]
+__all__ = ["PART_BYTES", "CALL_BYTES", "TransportError", "pack_run", "unpack_run", "read_manifest", "pack_bytes",
+           "resume_history"]
 
 PART_BYTES = 16 * 2**20  # the largest file a device call sends back
 CALL_BYTES = 64 * 2**20  # all files of one call together
 _FORMAT = 1
+HISTORY = "transport.json"  # in a run's cache folder: its resumes from packs
 
 Mode = Literal["exact", "compact"]
 
@@ -195,11 +197,18 @@ def unpack_run(manifest: Path | str, run: Any, root: Path | str | None = None) -
     if meta["lossy"]:
         obj["model"] = {k: v.float() if v.is_floating_point() else v for k, v in obj["model"].items()}
     store.save_json(store.config_path, {"key": store.key, **store.doc})
-    atomic_write(store.checkpoint_path, lambda f: torch.save(obj, f))
-    history = store.dir / "transport.json"  # what the run's record must say about its resumes
-    events = store.load_json(history) if history.is_file() else []
-    store.save_json(history, events + [{"step": meta["step"], "lossy": meta["lossy"], "sha256": meta["sha256"]}])
+    store.save_tensors(store.checkpoint_path, obj)
+    store.save_json(store.dir / HISTORY, resume_history(run, root) + [
+        {"step": meta["step"], "lossy": meta["lossy"], "sha256": meta["sha256"]}])
     return {**meta, "written": True}
+
+
+def resume_history(run: Any, root: Path | str | None = None) -> list[dict[str, Any]]:
+    """Every resume of ``run`` from a pack (step, lossy, SHA-256), oldest first; ``[]`` if none."""
+    store = RunStore(run, root)
+    path = store.dir / HISTORY
+    events: list[dict[str, Any]] = store.load_json(path) if path.is_file() else []
+    return events
 
 
 def pack_bytes(manifest: Path | str) -> int:

@@ -1,4 +1,10 @@
-"""regvit_lib: the library under the regvit book (Vision Transformers Need Registers)."""
+"""regvit_lib: the library under the regvit book (Vision Transformers Need Registers).
+
+Modules, in the order data flows through them: ``config`` (every setting, the profiles, the
+chapters' parameters) -> ``scenes`` / ``data`` -> ``model`` -> ``train`` (cached by ``cache``) ->
+``analysis`` / ``probes`` / ``measure`` / ``emergence`` / ``ablations`` -> ``claims`` / ``labels`` /
+``plots``. The README's "Architecture" section says what each one does.
+"""
 
 from ._compat import ensure_torchvision_importable
 
@@ -6,17 +12,18 @@ from ._compat import ensure_torchvision_importable
 ensure_torchvision_importable()
 
 from .cache import CacheCorruptError, cache_root  # noqa: E402
-from .config import ConfigError, ModelConfig, vit_config  # noqa: E402
-from .data import ImageData, SceneBatch, ScenesConfig, make_source, normalize, render_scenes  # noqa: E402
+from .config import (PROFILES, ConfigError, FractalConfig, ImageData, ModelConfig, Profile, RunConfig,  # noqa: E402
+                     ScenesConfig, TrainConfig, chapter_params, default_profile_name, get_profile, vit_config)
+from .data import make_source, normalize  # noqa: E402
 from .model import RegViT, build_model, count_parameters, split_tokens  # noqa: E402
-from .profiles import PROFILES, Profile, default_profile_name, get_profile  # noqa: E402
-from .train import RunConfig, TrainConfig, TrainedRun, train  # noqa: E402
+from .scenes import SceneBatch, render_scenes  # noqa: E402
+from .train import TrainedRun, train  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "PROFILES", "CacheCorruptError", "ConfigError", "ImageData", "ModelConfig", "Profile", "RegViT",
+    "PROFILES", "CacheCorruptError", "ConfigError", "FractalConfig", "ImageData", "ModelConfig", "Profile", "RegViT",
     "RunConfig", "SceneBatch", "ScenesConfig", "TrainConfig", "TrainedRun", "build_model", "cache_root",
-    "count_parameters", "default_profile_name", "get_profile", "make_source", "normalize",
+    "chapter_params", "count_parameters", "default_profile_name", "get_profile", "make_source", "normalize",
     "render_scenes", "split_tokens", "train", "vit_config",
 ]

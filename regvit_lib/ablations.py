@@ -5,12 +5,12 @@ another resolution (its App. A).
 0, 1, 2, 4, 8 and 16 registers for each of the profile's seeds and measures on each the
 artifact (outlier share, max/median norm ratio, strongest sink), the three probes of Table 2,
 LOST CorLoc, the counted FLOPs and the parameters. Every row is a cached measurement
-(:func:`regvit_lib.cache.cached_measurement`), so rebuilding the chapter reads JSON files.
+(:func:`regvit_lib.cache.cached`), so rebuilding the chapter reads JSON files.
 :func:`register_throughput` measures the training-speed cost of the extra tokens with the models
 taking turns step by step (a shared machine drifts; alternating cancels it).
 
 **Resolution.** A ViT's position embedding is a grid of vectors; at another input size it is
-resized by bicubic interpolation. The paper (App. A) traces striped outlier patterns in its
+resized by bicubic interpolation (timm's ``resample_abs_pos_embed``). The paper (App. A) traces striped outlier patterns in its
 first models to interpolating *without antialiasing*; :func:`at_resolution` builds the model at
 a new size with or without it, and :func:`resolution_study` measures the artifact there.
 Antialiasing only changes a *downsampling* (a smaller grid); upsampling is the same either way.
@@ -25,24 +25,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 from tqdm.auto import tqdm
 
-from .analysis import OUTLIER_K, collect, detect_outliers
-from .bench import step_rate, training_step
-from .book import dense_table, load_subject, norm_report, object_discovery, peak_layer, sinks
-from .cache import cached_measurement
-from .data import normalize, render_scenes
+from .analysis import OUTLIER_K, collect, detect_outliers, peak_layer
+from .cache import cached
+from .config import Profile
+from .data import normalize
 from .flops import count_flops
+from .measure import dense_table, load_subject, norm_report, object_discovery, sinks
 from .model import RegViT, build_model
-from .profiles import Profile
-from .train import train
+from .scenes import render_scenes
+from .timing import alternate, training_step
+from .train import TRAIN_CODE, train
 
-__all__ = ["REGISTER_COUNTS", "register_grid", "grid_summary", "register_throughput", "resample_pos_embed",
-           "at_resolution", "resolution_study"]
+__all__ = ["REGISTER_COUNTS", "register_grid", "grid_summary", "register_throughput", "at_resolution",
+           "resolution_study", "grid_texts"]
 
 REGISTER_COUNTS = (0, 1, 2, 4, 8, 16)  # the paper's Fig. 8
+# The code a grid row depends on: the trained run's and the measurements'.
+_GRID_CODE = TRAIN_CODE + ("analysis.py", "probes.py", "measure.py", "flops.py", "ablations.py")
 
 
 def _register_row(profile: Profile, registers: int, seed: int, images: int, k: float) -> dict[str, Any]:
@@ -50,15 +51,15 @@ def _register_row(profile: Profile, registers: int, seed: int, images: int, k: f
     assert s.run is not None
     r = norm_report(s, k)
     d = dense_table([s]).iloc[0]
-    sink = sinks(s).iloc[-1]
+    sink = sinks(s).iloc[-1]  # the last block's
     g = s.feats.grid
     first = detect_outliers(s.feats, s.layer, k).ratio[0].reshape(g, g)  # one image's norm map
     return {"registers": registers, "seed": seed, "params": s.params, "gflops": count_flops(s.model.cfg) / 1e9,
             "test_acc": s.run.metrics["test_acc"], "layer": r["layer"], "share": r["share"],
             "ratio_mean": r["ratio_mean"], "ratio_max": r["ratio_max"],
-            "classification": float(d["classification (acc)"]), "segmentation_miou": float(d["segmentation (mIoU)"]),
-            "depth_rmse": float(d["depth (RMSE)"]), "corloc": float(object_discovery([s]).iloc[0]["LOST corloc"]),
-            "sink_mass": float(sink["sink mass"]), "sink_on": str(sink["sink on"]),
+            **{key: float(d[key]) for key in ("classification", "segmentation_miou", "depth_rmse")},
+            "corloc": float(object_discovery([s]).iloc[0]["corloc"]),
+            "sink_mass": float(sink["sink_mass"]), "sink_on": str(sink["sink_on"]),
             "train_seconds": s.run.metrics["train_seconds"], "norm_map": first.tolist()}
 
 
@@ -82,7 +83,7 @@ def register_grid(profile: Profile, counts: tuple[int, ...] = REGISTER_COUNTS, s
     jobs = [(c, s) for c in counts for s in seeds]
     for c, s in tqdm(jobs, desc="register grid", disable=not progress):
         config = {"run": profile.run(seed=s, num_registers=c), "images": images, "k": k}
-        rows.append(cached_measurement("register-grid", config, lambda: _register_row(profile, c, s, images, k)))
+        rows.append(cached("register-grid", config, _GRID_CODE, lambda: _register_row(profile, c, s, images, k)))
     return pd.DataFrame(rows)
 
 
@@ -92,8 +93,7 @@ def grid_summary(grid: pd.DataFrame) -> pd.DataFrame:
     mean, std = numbers.mean(), numbers.std(ddof=1)
     out = mean.join(std, rsuffix=" sd")
     out["seeds"] = numbers.size()
-    base = mean["gflops"].iloc[0]
-    out["flops +%"] = 100 * (mean["gflops"] / base - 1)
+    out["flops_pct"] = 100 * (mean["gflops"] / mean["gflops"].iloc[0] - 1)
     return out.reset_index()
 
 
@@ -115,28 +115,11 @@ def register_throughput(profile: Profile, counts: tuple[int, ...] = REGISTER_COU
         y = torch.randint(cfg.num_classes, (b,), device=dev)
         steps = [training_step(build_model(replace(cfg, num_registers=c), device=dev).train(), x, y, amp=False)
                  for c in counts]
-        for step in steps:
-            step()  # warm-up
-        times: list[list[float]] = [[] for _ in counts]
-        for r in range(rounds):
-            for i in np.roll(np.arange(len(counts)), r):
-                times[i].append(b / step_rate(steps[i], b, dev, 1))
-        rates = [b / statistics.median(t) for t in times]
+        rates = [b / statistics.median(t) for t in alternate(steps, rounds, dev)]
         return {"device": name, "img_per_s": dict(zip(map(str, counts), rates)),
                 "slowdown_pct": dict(zip(map(str, counts), [100 * (rates[0] / r - 1) for r in rates]))}
 
-    return cached_measurement("register-throughput", config, compute)
-
-
-def resample_pos_embed(pos: Tensor, grid: int, antialias: bool) -> Tensor:
-    """Bicubic resize of a ``(1, g*g, D)`` patch position embedding to ``(1, grid*grid, D)``."""
-    _, N, D = pos.shape
-    g = int(round(N**0.5))
-    if g * g != N:
-        raise ValueError(f"position embedding of {N} positions is not a square grid")
-    img = pos.reshape(1, g, g, D).permute(0, 3, 1, 2)  # (1, D, g, g)
-    out = F.interpolate(img.float(), size=(grid, grid), mode="bicubic", align_corners=False, antialias=antialias)
-    return out.permute(0, 2, 3, 1).reshape(1, grid * grid, D).to(pos.dtype)
+    return cached("register-throughput", config, TRAIN_CODE + ("timing.py", "ablations.py"), compute)
 
 
 def at_resolution(model: RegViT, img_size: int, antialias: bool = True) -> RegViT:
@@ -145,10 +128,13 @@ def at_resolution(model: RegViT, img_size: int, antialias: bool = True) -> RegVi
     Raises:
         ConfigError: ``img_size`` is not a multiple of the patch size (from the model config).
     """
+    from timm.layers import resample_abs_pos_embed
+
     cfg = replace(model.cfg, img_size=img_size)
     new = build_model(cfg, device=next(model.parameters()).device)
     state = dict(model.state_dict())
-    state["pos_embed"] = resample_pos_embed(state["pos_embed"], cfg.grid_size, antialias)
+    state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], [cfg.grid_size] * 2, num_prefix_tokens=0,
+                                                antialias=antialias)
     new.load_state_dict(state)
     return new.eval()
 
@@ -183,3 +169,19 @@ def resolution_study(profile: Profile, sizes: tuple[int, ...], images: int = 200
                          "accuracy": acc, "mean_map": mean_map.tolist()})
     return pd.DataFrame(rows)
 
+
+
+def grid_texts(summary: pd.DataFrame, speed: dict[str, Any]) -> dict[str, str]:
+    """The register grid's numbers as the chapter prints them (name -> text)."""
+    def best(col: str, lowest: bool = False) -> str:
+        return str(int(summary.loc[summary[col].idxmin() if lowest else summary[col].idxmax(), "registers"]))
+
+    def joined(col: str, fmt: str, scale: float = 1.0) -> str:
+        return ", ".join(format(scale * v, fmt) for v in summary[col])
+
+    return {"abl_seeds": str(int(summary["seeds"].min())), "abl_shares": joined("share", ".2f", 100.0),
+            "abl_ratios": joined("ratio_mean", ".2f"), "abl_sinks": joined("sink_mass", ".2f"),
+            "abl_counts": ", ".join(str(int(c)) for c in summary["registers"]),
+            "abl_best_miou": best("segmentation_miou"), "abl_best_rmse": best("depth_rmse", lowest=True),
+            "abl_best_acc": best("classification"), "abl_flops16": f"{summary['flops_pct'].iloc[-1]:.1f}",
+            "abl_speed_device": speed["device"], "abl_speed": ", ".join(f"{v:+.1f}" for v in speed["slowdown_pct"].values())}

@@ -9,13 +9,11 @@ models also studies pretrained DINOv2.
 
 Which paper figure each function serves:
 
-* :func:`token_norms`, :func:`detect_outliers` -- Fig. 3 (norm histogram), Fig. 4 (per layer,
+* :func:`ratio_per_layer`, :func:`detect_outliers` -- Fig. 3 (norm histogram), Fig. 4 (per layer,
   over training, over model size), Fig. 7 (with registers);
 * :func:`neighbour_similarity` -- Fig. 5a (outliers sit on redundant patches);
 * :func:`attention_to_patches` -- Fig. 2 and Fig. 9 (attention of [CLS] and registers);
 * :func:`pca_rgb` -- the PCA feature maps of Fig. 1 / Fig. 14;
-* :func:`norm_summary`, :func:`sink_summary` -- what the training loop records at every
-  evaluation (Fig. 4b), also used by the emergence study;
 * :func:`plant_outliers` -- a positive control: make a model *have* outliers, to see what each
   figure looks like when the artifact is present (and to test the detectors).
 
@@ -39,11 +37,11 @@ from torch import Tensor, nn
 from .config import ModelConfig
 from .data import normalize
 from .model import Block, RegViT, split_tokens
-from .summaries import RATIO_BINS, norm_summary, sink_summary, token_norms
+from .summaries import norm_ratio, studied_block
 
-__all__ = ["RATIO_BINS", "OUTLIER_K", "Features", "as_regvit", "collect", "tokens_at", "token_norms",
-           "Outliers", "detect_outliers", "neighbour_similarity", "top_token_placement", "attention_to_patches", "pca_rgb",
-           "lost_keys", "plant_outliers", "positive_control", "norm_summary", "sink_summary"]
+__all__ = ["OUTLIER_K", "Features", "as_regvit", "collect", "tokens_at", "ratio_per_layer", "peak_layer", "Outliers",
+           "detect_outliers", "neighbour_similarity", "top_token_placement", "attention_to_patches", "pca_rgb",
+           "lost_keys", "plant_outliers", "positive_control"]
 
 OUTLIER_K = 4.0  # a patch token is an outlier above OUTLIER_K x its image's median norm
 
@@ -113,6 +111,16 @@ def tokens_at(feats: Features, layer: int | str = "final") -> dict[str, Tensor]:
     return split_tokens(x, feats.cfg.class_token, feats.cfg.num_registers)
 
 
+def ratio_per_layer(feats: Features) -> Tensor:
+    """``(B, L)``: per image and block, the largest patch norm over the image's median patch norm."""
+    return norm_ratio(feats.blocks[:, :, feats.cfg.num_prefix_tokens :].norm(dim=-1)).amax(-1)
+
+
+def peak_layer(feats: Features) -> int:
+    """The studied block of these features (:func:`regvit_lib.summaries.studied_block`)."""
+    return studied_block(ratio_per_layer(feats).mean(0).tolist())
+
+
 @dataclass
 class Outliers:
     """High-norm patch tokens of one layer, by :func:`detect_outliers`."""
@@ -153,7 +161,7 @@ def detect_outliers(feats: Features, layer: int | str = -1, k: float = OUTLIER_K
     if not k > 1:
         raise ValueError(f"k must be > 1 (a multiple of the median), got {k!r}")
     norms = tokens_at(feats, layer)["patch"].norm(dim=-1)  # (B, N)
-    ratio = norms / norms.median(dim=-1, keepdim=True).values
+    ratio = norm_ratio(norms)
     return Outliers(ratio > k, norms, ratio, float(k))
 
 
@@ -276,25 +284,20 @@ def lost_keys(model: nn.Module, feats: Features) -> Tensor:
 
 
 @contextmanager
-def plant_outliers(model: RegViT, layer: int, positions: Tensor, factor: float = 10.0,
-                   content: str = "global") -> Iterator[None]:
+def plant_outliers(model: RegViT, layer: int, positions: Tensor, factor: float = 10.0) -> Iterator[None]:
     """Make ``model`` have outliers: a positive control for every figure and test.
 
     While the context is active, the output of block ``layer`` is changed at the given patch
-    positions: ``content="global"`` replaces each chosen token by the mean of its image's patch
-    tokens, rescaled to ``factor`` times the image's median patch norm (the paper's picture of
-    an outlier: large, and holding global rather than local information); ``content="scale"``
-    multiplies the token by ``factor``.
+    positions: each chosen token is replaced by the mean of its image's patch tokens, rescaled to
+    ``factor`` times the image's median patch norm (the paper's picture of an outlier: large, and
+    holding global rather than local information).
 
     Args:
         model: a :class:`RegViT`.
         layer: block index whose output is changed.
         positions: ``(B, k)`` patch indices per image, or ``(k,)`` for the same ones in all.
         factor: the norm multiplier.
-        content: ``"global"`` or ``"scale"``.
     """
-    if content not in ("global", "scale"):
-        raise ValueError(f"content must be 'global' or 'scale', got {content!r}")
     P = model.cfg.num_prefix_tokens
     seen = [0]  # images already through the hook: per-image positions follow batch after batch
 
@@ -306,13 +309,9 @@ def plant_outliers(model: RegViT, layer: int, positions: Tensor, factor: float =
         seen[0] += B
         rows = torch.arange(B, device=x.device)[:, None].expand_as(pos)
         x = x.clone()
-        if content == "global":  # the image's mean patch token, at factor x the median norm
-            mean = x[:, P:].mean(1, keepdim=True)  # (B, 1, D)
-            scale = factor * x[:, P:].norm(dim=-1).median(dim=1).values[:, None, None] / mean.norm(dim=-1, keepdim=True)
-            new = (scale * mean).expand(-1, pos.shape[1], -1)
-        else:
-            new = factor * x[rows, P + pos]
-        x[rows, P + pos] = new
+        mean = x[:, P:].mean(1, keepdim=True)  # (B, 1, D): the image's mean patch token
+        scale = factor * x[:, P:].norm(dim=-1).median(dim=1).values[:, None, None] / mean.norm(dim=-1, keepdim=True)
+        x[rows, P + pos] = (scale * mean).expand(-1, pos.shape[1], -1)
         return x, attn
 
     handle = model.blocks[layer].register_forward_hook(hook)
@@ -327,7 +326,7 @@ def positive_control(model: RegViT, images: Tensor, labels: Tensor | None, layer
     """The same images through ``model`` as it is, and with outliers planted at ``layer``.
 
     ``per_image`` random patch positions per image (seeded) get the image's mean patch token at
-    ``factor`` x the median norm (:func:`plant_outliers`, ``content="global"``). A *positive
+    ``factor`` x the median norm (:func:`plant_outliers`). A *positive
     control*: it shows what every measurement reads when outliers are present; it is never the
     phenomenon itself.
 
@@ -338,6 +337,6 @@ def positive_control(model: RegViT, images: Tensor, labels: Tensor | None, layer
     N = model.cfg.num_patches
     pos = torch.stack([torch.randperm(N, generator=g)[:per_image] for _ in range(images.shape[0])])
     natural = collect(model, images, labels)
-    with plant_outliers(model, layer, pos, factor=factor, content="global"):
+    with plant_outliers(model, layer, pos, factor=factor):
         planted = collect(model, images, labels)
     return natural, planted, pos

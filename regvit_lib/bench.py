@@ -24,27 +24,22 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig, vit_config
-from .data import ScenesConfig, normalize, render_scenes
+from .config import ModelConfig, ScenesConfig, get_profile, vit_config
+from .data import normalize
 from .flops import count_flops
 from .model import build_model
+from .scenes import render_scenes
+from .timing import alternate, mfu, training_step
 
-__all__ = ["generator_rate", "training_step", "step_rate", "compare_with_timm", "analysis_cost", "matmul_tflops", "mfu", "main"]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+__all__ = ["generator_rate", "compare_with_timm", "data_share", "analysis_cost", "main"]
 
 
 def generator_rate(img_size: int, batch: int = 256, rounds: int = 8) -> float:
@@ -64,31 +59,6 @@ def generator_rate(img_size: int, batch: int = 256, rounds: int = 8) -> float:
         torch.set_num_threads(threads)
 
 
-def training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: bool) -> Callable[[], None]:
-    """One AdamW training step of ``model`` on the fixed batch ``(x, y)``, as a callable to time."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def step() -> None:
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = F.cross_entropy(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-
-    return step
-
-
-def step_rate(step: Callable[[], None], batch: int, device: torch.device, iters: int) -> float:
-    """Images per second of ``iters`` calls of ``step`` on a batch of ``batch`` images."""
-    _sync(device)
-    t = time.perf_counter()
-    for _ in range(iters):
-        step()
-    _sync(device)
-    return batch * iters / (time.perf_counter() - t)
-
-
 def compare_with_timm(cfg: ModelConfig, batch: int, pairs: int = 30, device: str = "cpu") -> dict[str, float]:
     """Training images/s of our model and of timm's with the same config.
 
@@ -103,23 +73,14 @@ def compare_with_timm(cfg: ModelConfig, batch: int, pairs: int = 30, device: str
     x = torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size, device=dev)
     y = torch.randint(max(cfg.num_classes, 1), (batch,), device=dev)
     ours = training_step(build_model(cfg, device=dev).train(), x, y, amp=False)
-    timm_model = tv.VisionTransformer(**timm_kwargs(cfg)).to(dev).train()
-    theirs = training_step(timm_model, x, y, amp=False)
-    for _ in range(2):
-        ours(), theirs()  # warm-up
-    t_ours: list[float] = []
-    t_timm: list[float] = []
-    for i in range(pairs):
-        for name in (("ours", "timm") if i % 2 == 0 else ("timm", "ours")):
-            rate = step_rate(ours if name == "ours" else theirs, batch, dev, 1)
-            (t_ours if name == "ours" else t_timm).append(batch / rate)
+    theirs = training_step(tv.VisionTransformer(**timm_kwargs(cfg)).to(dev).train(), x, y, amp=False)
+    t_ours, t_timm = alternate([ours, theirs], pairs, dev, warmup=2)
     return {"ours_img_per_s": batch / statistics.median(t_ours), "timm_img_per_s": batch / statistics.median(t_timm),
             "ratio": statistics.median(b / a for a, b in zip(t_ours, t_timm)), "pairs": pairs}
 
 
 def data_share(cfg: ModelConfig, data: ScenesConfig, batch: int, iters: int = 10) -> dict[str, float]:
     """Seconds per batch spent rendering scenes vs in the training step, and the render share."""
-    dev = torch.device("cpu")
     model = build_model(cfg).train()
     x, y = render_scenes(data, "train", np.arange(batch))[:2]
     step = training_step(model, normalize(x), y, amp=False)
@@ -132,7 +93,6 @@ def data_share(cfg: ModelConfig, data: ScenesConfig, batch: int, iters: int = 10
         t = time.perf_counter()
         step()
         t_step += time.perf_counter() - t
-    _sync(dev)
     return {"data_s_per_batch": t_data / iters, "step_s_per_batch": t_step / iters,
             "data_share": t_data / (t_data + t_step)}
 
@@ -153,56 +113,12 @@ def analysis_cost(cfg: ModelConfig, batch: int, pairs: int = 20) -> dict[str, fl
         feats = collect(model, images, batch_size=batch)
         token_norms(feats.blocks, cfg)
 
-    plain()
-    analysis()
-    t_plain: list[float] = []
-    t_analysis: list[float] = []
-    for i in range(pairs):
-        for fn, out in ((plain, t_plain), (analysis, t_analysis))[:: 1 if i % 2 == 0 else -1]:
-            t = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t)
+    t_plain, t_analysis = alternate([plain, analysis], pairs)
     return {"plain_s": statistics.median(t_plain), "analysis_s": statistics.median(t_analysis),
             "ratio": statistics.median(b / a for a, b in zip(t_plain, t_analysis))}
 
 
-def matmul_tflops(n: int = 8192, iters: int = 50) -> float:
-    """Measured bf16 matmul rate of the current CUDA device, TFLOP/s (2 n^3 per product)."""
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    for _ in range(5):
-        a @ b
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(iters):
-        a @ b
-    torch.cuda.synchronize()
-    return 2 * n**3 * iters / (time.perf_counter() - t) / 1e12
-
-
-def mfu(batch: int = 256, iters: int = 30, compile_model: bool = True) -> dict[str, float]:
-    """MFU of a ViT-S/16 at 224 px, bf16 autocast, on the current CUDA device."""
-    cfg = vit_config("S", patch_size=16)
-    dev = torch.device("cuda")
-    torch.backends.cuda.matmul.allow_tf32 = True
-    model = build_model(cfg, device=dev).train()
-    runner: nn.Module = torch.compile(model) if compile_model else model  # type: ignore[assignment]
-    x = torch.randn(batch, 3, 224, 224, device=dev)
-    y = torch.randint(cfg.num_classes, (batch,), device=dev)
-    step = training_step(runner, x, y, amp=True)
-    for _ in range(5):
-        step()
-    rate = step_rate(step, batch, dev, iters)
-    flops_per_image = 3 * count_flops(cfg)
-    peak = matmul_tflops()
-    achieved = rate * flops_per_image / 1e12
-    return {"img_per_s": rate, "train_gflops_per_image": flops_per_image / 1e9,
-            "achieved_tflops": achieved, "matmul_tflops": peak, "mfu": achieved / peak}
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from .profiles import get_profile
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default="cpu", help="whose model and batch size to time (default cpu)")
     ap.add_argument("--out", default=None, help="folder for bench-<device>.json (default: print only)")
@@ -223,8 +139,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "profile model, batch 128": analysis_cost(prof.model, 128),
         "ViT-S/14 at 224 px, 4 registers, batch 8": analysis_cost(vit_config("S", num_registers=4), 8),
     }
-    if gpu:
-        res["gpu_vit_s16_224_bf16"] = mfu()
+    if gpu:  # MFU of a ViT-S/16 at 224 px, bf16, compiled
+        cfg = vit_config("S", patch_size=16, img_size=224)
+        model = cast(nn.Module, torch.compile(build_model(cfg, device="cuda").train()))
+        res["gpu_vit_s16_224_bf16"] = mfu(model, 3 * count_flops(cfg), 256, 224, cfg.num_classes)
     print(json.dumps(res, indent=1))
     if args.out:
         path = Path(args.out) / f"bench-{'gpu' if gpu else 'cpu'}.json"

@@ -1,29 +1,27 @@
-"""The on-disk cache of trained runs: each configuration trains once, across chapters.
+"""The on-disk cache: trained runs and measurements, each computed once per configuration and code.
 
-A run is stored under a key that is the SHA-256 of its full configuration (model, data,
-recipe, seed; see :func:`config_key`) and of the *code* that decides its result (the syntax
-trees of ``model.py``, ``data.py``, ``train.py``, ``selfsup.py`` and ``summaries.py``, so editing a comment does
-not retrain anything and changing a line of code does). Layout of one run::
+One keyed store serves both. An entry's key is the SHA-256 of its kind, its full configuration
+(JSON-able; dataclasses allowed) and the *code* that decides its result: the syntax trees of
+the files the caller names (docstrings and comments excluded), so editing a comment recomputes
+nothing and changing a line of code recomputes what depends on it. Layout of one entry::
 
-    <cache>/runs/<key[:24]>/
+    <cache>/<kind>/<key[:24]>/
         config.json     the full configuration and the key (what was asked for)
-        model.pt        the final weights (a state dict)
-        result.json     metrics, curves, the SHA-256 of model.pt -- written last
-        checkpoint.pt   only while training: weights, optimiser, step, curves
-        transport.json  only for a run resumed from a pack brought from another machine
-                        (:mod:`regvit_lib.transport`): the step and lossiness of each resume
+        model.pt        a trained run's final weights (a state dict); measurements have none
+        result.json     the result, and the SHA-256 of model.pt -- written last
+        checkpoint.pt   only while a run trains: weights, optimiser, step, curves
 
 Every file is written to a temporary name in the same folder, flushed and renamed
-(:func:`atomic_write`), so a file is either whole or absent. A run is complete when
-``result.json`` exists and ``model.pt`` matches the checksum it records. Anything unreadable
+(:func:`atomic_write`), so a file is either whole or absent. An entry is complete when
+``result.json`` exists (and ``model.pt`` matches the checksum it records). Anything unreadable
 (truncated, corrupt, wrong checksum, a configuration that does not match the key) raises
-:class:`CacheCorruptError` naming the file; the training loop then sets that run's files aside
-(renamed ``*.corrupt-<time>``, never deleted) and retrains that run alone. All tensors are read
-with ``torch.load(..., weights_only=True)``.
+:class:`CacheCorruptError` naming the file; the caller sets that file aside (renamed
+``*.corrupt-<time>``, never deleted) and recomputes that entry alone. Tensors are read with
+``torch.load(..., weights_only=True)``.
 
 Where the cache lives: ``$REGVIT_CACHE`` if set; else ``.regvit_cache/`` at the root of the
-repository when ``regvit_lib`` is used from a checkout (so every chapter, whatever its working
-folder, shares one cache); else ``~/.cache/regvit``.
+repository when ``regvit_lib`` is used from a checkout (so every chapter shares one cache);
+else ``~/.cache/regvit``.
 """
 
 from __future__ import annotations
@@ -44,15 +42,11 @@ from typing import Any
 
 import torch
 
-__all__ = ["CACHE_ENV_VAR", "CacheCorruptError", "cache_root", "atomic_write", "code_version",
-           "config_key", "RunStore", "file_sha256", "cached_measurement"]
+__all__ = ["CACHE_ENV_VAR", "CacheCorruptError", "cache_root", "atomic_write", "code_version", "Store", "cached",
+           "set_aside"]
 
 CACHE_ENV_VAR = "REGVIT_CACHE"
 _PACKAGE = Path(__file__).resolve().parent
-# The modules whose code decides what a trained run contains.
-_CODE = ("model.py", "data.py", "train.py", "selfsup.py", "summaries.py")
-# ... and what a measurement on trained runs contains (see cached_measurement).
-_MEASURE_CODE = _CODE + ("analysis.py", "probes.py", "book.py", "ablations.py", "flops.py", "bench.py")
 
 
 class CacheCorruptError(RuntimeError):
@@ -89,17 +83,17 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], object]) -> No
         raise
 
 
-def _strip_docstrings(tree: ast.AST) -> ast.AST:
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
-                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
-            node.body = body[1:] or [ast.Pass()]  # type: ignore[attr-defined]
-    return tree
+def set_aside(path: Path) -> Path | None:
+    """Rename a corrupt file to ``<name>.corrupt-<time>`` (kept for inspection, never deleted)."""
+    if not path.exists():
+        return None
+    target = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(path, target)
+    return target
 
 
-def code_version(files: tuple[str, ...] = _CODE) -> str:
-    """A hash of the code that decides a run's result: syntax trees, without docstrings/comments.
+def code_version(files: tuple[str, ...]) -> str:
+    """A hash of the syntax trees of ``files`` (names inside ``regvit_lib``), without docstrings.
 
     Recomputed only when one of the files changes (by modification time and size).
     """
@@ -107,11 +101,16 @@ def code_version(files: tuple[str, ...] = _CODE) -> str:
     return _code_version(stamps)
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=16)
 def _code_version(stamps: tuple[tuple[str, int, int], ...]) -> str:
     h = hashlib.sha256()
     for name, _, _ in stamps:
-        tree = _strip_docstrings(ast.parse((_PACKAGE / name).read_text()))
+        tree = ast.parse((_PACKAGE / name).read_text())
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                    and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]  # type: ignore[attr-defined]
         h.update(name.encode() + ast.dump(tree).encode())
     return h.hexdigest()[:16]
 
@@ -129,14 +128,7 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"cannot put {type(obj).__name__} {obj!r} in a cache key")
 
 
-def config_key(config: Any) -> tuple[str, dict[str, Any]]:
-    """The cache key of a (dataclass) configuration, and the JSON document it hashes."""
-    doc = {"config": _jsonable(config), "code": code_version()}
-    text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest(), doc
-
-
-def file_sha256(path: Path) -> str:
+def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -144,33 +136,38 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-class RunStore:
-    """The files of one run in the cache (see the module docstring for the layout)."""
+class Store:
+    """One keyed entry of the cache (see the module docstring for the layout).
 
-    def __init__(self, config: Any, root: Path | str | None = None) -> None:
-        self.key, self.doc = config_key(config)
-        self.root = Path(root) if root is not None else cache_root()
-        self.dir = self.root / "runs" / self.key[:24]
-        self.config_path = self.dir / "config.json"
-        self.model_path = self.dir / "model.pt"
-        self.result_path = self.dir / "result.json"
-        self.checkpoint_path = self.dir / "checkpoint.pt"
+    Args:
+        kind: the entry's folder under the cache (``"runs"``, ``"register-grid"``, ...).
+        config: what decides the result (JSON-able; dataclasses allowed).
+        code: the files of ``regvit_lib`` whose code decides the result.
+        root: the cache folder (default :func:`cache_root`).
+    """
 
-    # -- writing ----------------------------------------------------------------------------------
+    def __init__(self, kind: str, config: Any, code: tuple[str, ...], root: Path | str | None = None) -> None:
+        self.doc = {"kind": kind, "config": _jsonable(config), "code": code_version(code)}
+        self.key = hashlib.sha256(json.dumps(self.doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        self.dir = Path(root if root is not None else cache_root()) / kind / self.key[:24]
+        self.config_path, self.result_path = self.dir / "config.json", self.dir / "result.json"
+        self.model_path, self.checkpoint_path = self.dir / "model.pt", self.dir / "checkpoint.pt"
+
     def save_tensors(self, path: Path, obj: Any) -> None:
         atomic_write(path, lambda f: torch.save(obj, f))
 
     def save_json(self, path: Path, obj: Any) -> None:
         atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
 
-    def save_result(self, state_dict: dict[str, torch.Tensor], result: dict[str, Any]) -> None:
-        """Store a finished run: config, weights, then the result that vouches for them."""
+    def save_result(self, result: dict[str, Any], state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Store a finished entry: config, weights (if any), then the result that vouches for them."""
         self.save_json(self.config_path, {"key": self.key, **self.doc})
-        self.save_tensors(self.model_path, state_dict)
-        self.save_json(self.result_path, {**result, "model_sha256": file_sha256(self.model_path)})
+        if state_dict is not None:
+            self.save_tensors(self.model_path, state_dict)
+            result = {**result, "model_sha256": _sha256(self.model_path)}
+        self.save_json(self.result_path, result)
         self.checkpoint_path.unlink(missing_ok=True)
 
-    # -- reading ----------------------------------------------------------------------------------
     def load_json(self, path: Path) -> Any:
         try:
             return json.loads(path.read_text())
@@ -186,57 +183,40 @@ class RunStore:
     def is_complete(self) -> bool:
         return self.result_path.exists()
 
-    def load_result(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """The weights and result of a finished run, checked against checksum and config."""
+    def load_result(self) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+        """The result of a finished entry and its weights (``None`` for a measurement), all checked."""
         result = self.load_json(self.result_path)
         config = self.load_json(self.config_path)
-        if config.get("key") != self.key:
-            raise CacheCorruptError(self.config_path, f"holds key {config.get('key')!r}, expected {self.key}")
-        if not isinstance(result, dict) or "model_sha256" not in result:
-            raise CacheCorruptError(self.result_path, "no model checksum")
-        if not self.model_path.exists() or file_sha256(self.model_path) != result["model_sha256"]:
+        if not isinstance(config, dict) or config.get("key") != self.key:
+            got = config.get("key") if isinstance(config, dict) else None
+            raise CacheCorruptError(self.config_path, f"holds key {got!r}, expected {self.key}")
+        if not isinstance(result, dict):
+            raise CacheCorruptError(self.result_path, "not a JSON object")
+        if "model_sha256" not in result:
+            return result, None
+        if not self.model_path.exists() or _sha256(self.model_path) != result["model_sha256"]:
             raise CacheCorruptError(self.model_path, "missing or does not match the checksum in result.json")
-        return self.load_tensors(self.model_path), result
+        return result, self.load_tensors(self.model_path)
 
-    def set_aside(self, path: Path) -> Path | None:
-        """Rename a corrupt file out of the way (kept for inspection, never deleted)."""
-        return set_aside(path)
-
-
-def set_aside(path: Path) -> Path | None:
-    """Rename a corrupt file to ``<name>.corrupt-<time>`` (kept for inspection, never deleted)."""
-    if not path.exists():
-        return None
-    target = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-    os.replace(path, target)
-    return target
-
-
-def cached_measurement(kind: str, config: Any, compute: Callable[[], dict[str, Any]],
-                       root: Path | str | None = None) -> dict[str, Any]:
-    """A measured result (a JSON-able dict), computed once per configuration and code version.
-
-    The key hashes ``kind``, ``config`` (JSON-able, dataclasses allowed) and the syntax trees
-    of the training *and* measuring modules, so a change to a probe re-measures and nothing
-    stale is reused. The file, ``<cache>/measurements/<kind>/<key[:24]>.json``, is written
-    atomically; an unreadable or mismatched one is reported, renamed ``*.corrupt-<time>`` and
-    measured again.
-    """
-    doc = {"kind": kind, "config": _jsonable(config), "code": code_version(_MEASURE_CODE)}
-    key = hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-    path = Path(root if root is not None else cache_root()) / "measurements" / kind / f"{key[:24]}.json"
-    if path.is_file():
+    def load_or_set_aside(self) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None] | None:
+        """The stored result, or ``None`` when there is none or it is corrupt (then set aside, with a warning)."""
+        if not self.is_complete():
+            return None
         try:
-            stored = json.loads(path.read_text())
-            if not isinstance(stored, dict) or stored.get("key") != key or not isinstance(stored.get("result"), dict):
-                raise ValueError(f"holds key {stored.get('key') if isinstance(stored, dict) else None!r}, "
-                                 f"expected {key}")
-            result: dict[str, Any] = stored["result"]
-            return result
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            target = set_aside(path)
-            warnings.warn(f"corrupt cache file {path} ({e}); set aside as {target}, measuring again", stacklevel=2)
+            return self.load_result()
+        except CacheCorruptError as e:
+            moved = [set_aside(p) for p in dict.fromkeys((e.path, self.result_path))]
+            warnings.warn(f"{e}; set aside as {[str(m) for m in moved if m]}, computing it again", stacklevel=3)
+            return None
+
+
+def cached(kind: str, config: Any, code: tuple[str, ...], compute: Callable[[], dict[str, Any]],
+           root: Path | str | None = None) -> dict[str, Any]:
+    """A measured result (a JSON-able dict), computed once per ``kind``, ``config`` and ``code``."""
+    store = Store(kind, config, code, root)
+    stored = store.load_or_set_aside()
+    if stored is not None:
+        return stored[0]
     result = compute()
-    text = json.dumps({"key": key, **doc, "result": result}, indent=1)
-    atomic_write(path, lambda f: f.write(text.encode()))
+    store.save_result(result)
     return result

@@ -1,7 +1,9 @@
 """The paper's claims C1-C8 (and the ablation claims A1-A4), our measurements, a verdict by a stated rule.
 
-Each chapter that measures a claim calls :func:`record`; the results land in one JSON file per
-profile, ``<cache>/claims/<profile>.json`` (the cache folder of :func:`regvit_lib.cache.cache_root`:
+The measured dictionary each rule reads is built by a library function, one per chapter's set of
+claims (:func:`high_norm_claims`, :func:`register_claims`, :func:`ablation_claims`,
+:func:`resolution_claim`), and checked against the keys the rule needs (:data:`NEEDS`). Each
+chapter then calls :func:`record_all`; the results land in one JSON file per profile, ``<cache>/claims/<profile>.json`` (the cache folder of :func:`regvit_lib.cache.cache_root`:
 ``$REGVIT_CACHE``, else ``.regvit_cache/`` in the checkout), written atomically, so building the
 book writes the claims of the profile it ran and two profiles can be diffed.
 
@@ -26,7 +28,9 @@ from typing import Any
 
 from .cache import atomic_write, cache_root
 
-__all__ = ["CLAIMS", "PAPER", "MIN_SHARE", "TIE", "verdict", "record", "claims_path", "load_claims", "table"]
+__all__ = ["CLAIMS", "PAPER", "MIN_SHARE", "TIE", "NEEDS", "verdict", "record", "record_all", "claims_path",
+           "load_claims", "table", "high_norm_claims", "register_claims", "ablation_claims", "resolution_claim",
+           "headline"]
 
 CLAIMS: dict[str, str] = {
     "C1": "High-norm outlier tokens exist: about 2 % of patch tokens, with about 10x the norm of the others",
@@ -66,6 +70,18 @@ MIN_SHARE = 0.005  # C1: at least 0.5 % of patch tokens above k x their image's 
 TIE = 0.01  # differences below this (accuracy, mIoU, CorLoc; RMSE: relative) count as no change
 
 
+# The measured keys each rule reads (C2-C5 read "share" first: without outliers there is nothing to describe).
+NEEDS: dict[str, tuple[str, ...]] = {
+    "C1": ("share",), "C2": ("share", "layer", "depth"),
+    "C3": ("share", "top_on_background", "background_patches", "top_similarity", "all_similarity"),
+    "C4": ("share", "position_top1_normal", "position_top1_outlier", "pixel_l2_normal", "pixel_l2_outlier"),
+    "C5": ("share", "class_normal", "class_outlier"), "C6": ("share_without", "share_with"),
+    "C7": ("without", "with"), "C8": ("without", "with"), "A1": ("share_by_count",),
+    "A2": ("miou_by_count", "rmse_by_count"), "A3": ("acc_by_count",),
+    "A4": ("share_aa", "share_no_aa", "stripe_aa", "stripe_no_aa"),
+}
+
+
 def _outliers(share: float | None) -> str:
     if share is None or not math.isfinite(share) or share <= 0:
         return "none"
@@ -85,12 +101,15 @@ def verdict(claim: str, m: dict[str, Any]) -> tuple[str, str]:
     if claim not in CLAIMS:
         raise KeyError(f"unknown claim {claim!r}; known: {sorted(CLAIMS)}")
     none = "not at this scale"
+    if claim in ("C2", "C3", "C4", "C5") and "share" in m and _outliers(m["share"]) == "none":
+        return none, "no outlier tokens (C1) to describe"
+    missing = [key for key in NEEDS[claim] if key not in m]
+    if missing:
+        raise KeyError(f"claim {claim} needs the measured keys {missing}; got {sorted(m)}")
     if claim == "C1":
         rule = (f"reproduced: >= {100 * MIN_SHARE:g} % of patch tokens above k x their image's median; "
                 "partly: some, fewer; else not at this scale")
         return {"many": "reproduced", "few": "partly", "none": none}[_outliers(m.get("share"))], rule
-    if claim in ("C2", "C3", "C4", "C5") and _outliers(m.get("share")) == "none":
-        return none, "no outlier tokens (C1) to describe"
     if claim == "C2":
         rel = m["layer"] / max(m["depth"] - 1, 1)
         rule = "reproduced: the outlier share peaks in the middle third of the blocks; else partly"
@@ -211,9 +230,69 @@ def record(profile: str, claim: str, measured: dict[str, Any], scale: str, model
     return entry
 
 
+def record_all(profile: str, measured: dict[str, dict[str, Any]], scale: str, model: str, chapter: str,
+               root: Path | str | None = None) -> dict[str, dict[str, Any]]:
+    """:func:`record` every claim of ``measured`` (claim -> measured dict); returns the entries."""
+    return {claim: record(profile, claim, m, scale, model, chapter, root) for claim, m in measured.items()}
+
+
 def table(doc: dict[str, Any]) -> Any:
-    """A claims document as a table (a pandas DataFrame): claim, verdict, scale, rule."""
+    """A claims document as a table (a pandas DataFrame): ``id``, ``claim``, ``verdict``, ``scale``, ``rule``."""
     import pandas as pd
 
-    return pd.DataFrame([{"": k, "claim": e["claim"], "verdict": e["verdict"], "scale": e["scale"],
+    return pd.DataFrame([{"id": k, "claim": e["claim"], "verdict": e["verdict"], "scale": e["scale"],
                           "rule": e["rule"]} for k, e in sorted(doc.items())])
+
+
+def high_norm_claims(report: dict[str, Any], probes: dict[str, float], depth: int, sizes: list[dict[str, Any]],
+                     k: float) -> dict[str, dict[str, Any]]:
+    """C1-C5 (chapter 2) from the norm report, the probe record, the depth and the size sweep of one model."""
+    m = {key: report[key] for key in ("share", "norm_ratio", "ratio_mean", "ratio_max", "layer")}
+    m.update(depth=depth, k=k)
+    place = {key: report[key] for key in NEEDS["C3"][1:]}
+    return {"C1": m, "C2": {**m, "size_shares": [r["share"] for r in sizes], "size_params": [r["params"] for r in sizes]},
+            "C3": {**m, **place}, "C4": {"share": m["share"], **{key: probes[key] for key in NEEDS["C4"][1:]}},
+            "C5": {"share": m["share"], **{key: probes[key] for key in ("class_normal", "class_outlier", "class_cls")}}}
+
+
+def register_claims(reports: list[dict[str, Any]], last_sinks: list[dict[str, Any]], dense: list[dict[str, Any]],
+                    corloc: list[float]) -> dict[str, dict[str, Any]]:
+    """C6-C8 (chapter 3) from two models, without and with registers: their norm reports, last-block
+    sinks, dense-probe records and LOST CorLoc."""
+    (r0, r1), (s0, s1), (d0, d1) = reports, last_sinks, dense
+    dense_keys = ("classification", "segmentation_miou", "depth_rmse")
+    return {"C6": {"share_without": r0["share"], "share_with": r1["share"], "ratio_without": r0["ratio_mean"],
+                   "ratio_with": r1["ratio_mean"], "sink_without": float(s0["sink_mass"]),
+                   "sink_with": float(s1["sink_mass"]), "sink_with_on": str(s1["sink_on"])},
+            "C7": {"without": {key: float(d0[key]) for key in dense_keys}, "with": {key: float(d1[key]) for key in dense_keys}},
+            "C8": {"without": float(corloc[0]), "with": float(corloc[1])}}
+
+
+def ablation_claims(summary: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A1-A3 (chapter 4) from the register grid's summary, one record per register count."""
+    def by_count(col: str) -> dict[str, float]:
+        return {str(int(r["registers"])): float(r[col]) for r in summary}
+
+    return {"A1": {"share_by_count": by_count("share"), "ratio_by_count": by_count("ratio_mean"),
+                   "sink_by_count": by_count("sink_mass")},
+            "A2": {"miou_by_count": by_count("segmentation_miou"), "rmse_by_count": by_count("depth_rmse")},
+            "A3": {"acc_by_count": by_count("classification"), "test_acc_by_count": by_count("test_acc")}}
+
+
+def resolution_claim(rows: list[dict[str, Any]], trained_at: int) -> dict[str, dict[str, Any]]:
+    """A4 (chapter 4) from the resolution study's records, read at its smallest image size."""
+    size = min(r["img_size"] for r in rows)
+    at = {r["antialias"]: r for r in rows if r["img_size"] == size}
+    return {"A4": {"img_size": int(size), "trained_at": trained_at,
+                   **{f"{key}_{'aa' if aa else 'no_aa'}": float(at[aa][key])
+                      for key in ("share", "stripe", "accuracy") for aa in (True, False)}}}
+
+
+def headline(report: dict[str, Any], k: float) -> str:
+    """Chapter 2's opening sentence on one model's norms, by the C1 rule's threshold."""
+    share = 100 * report["share"]
+    if report["share"] >= MIN_SHARE:
+        return f"This model has high-norm outliers: {share:.2f} % of its patch tokens are above {k:g} x their image's median norm."
+    return (f"This model shows no high-norm outliers at this scale: {share:.2f} % of its patch tokens pass {k:g} x "
+            f"their image's median norm (the claims rule asks for at least {100 * MIN_SHARE:g} %), and the largest "
+            f"token of an image is on average {report['ratio_mean']:.2f} x the median (the paper's are about 10 x).")

@@ -1,22 +1,37 @@
-"""Configuration: the model config and the named ViT sizes.
+"""Every setting of the book on one page: model, data, recipe, run, the profiles, chapter parameters.
 
-Everything that decides a computation lives in a frozen dataclass, so a config can be
-hashed, compared, printed and varied with :func:`dataclasses.replace`. Every value is
-checked when the object is made ("validated at the door"): a bad value raises
-:class:`ConfigError` naming the field and the value, before any compute starts. The data
-config lives in :mod:`regvit_lib.data`, the recipe in :mod:`regvit_lib.train`, and the book's
-profiles, which put the three together, in :mod:`regvit_lib.profiles`.
+Everything that decides a computation is a frozen dataclass, so a config can be hashed,
+compared, printed and varied with :func:`dataclasses.replace`. Every value is checked when the
+object is made ("validated at the door"): a bad value raises :class:`ConfigError` naming the
+field and the value, before any compute starts.
+
+* :class:`ModelConfig` -- the ViT (names follow timm's ``VisionTransformer``); :func:`vit_config`
+  gives the named sizes Ti .. g.
+* :class:`ScenesConfig`, :class:`FractalConfig`, :class:`ImageData` -- the data sets.
+* :class:`TrainConfig` -- the recipe; :class:`RunConfig` -- model + data + recipe + seed, the key
+  of a trained run in the cache.
+* :data:`PROFILES` -- the book's scales (``smoke``, ``cpu``, ``gpu``); the README says what each
+  costs, measured. :func:`chapter_params` checks a chapter's parameters cell.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Literal, get_args
+import math
+import os
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal, get_args
 
-__all__ = ["ConfigError", "ModelConfig", "VIT_SIZES", "vit_config"]
+__all__ = ["ConfigError", "ModelConfig", "VIT_SIZES", "vit_config", "SHAPES", "BACKGROUNDS", "SPLITS",
+           "ScenesConfig", "FractalConfig", "ImageData", "DataConfig", "TrainConfig", "RunConfig", "Profile",
+           "PROFILES", "PROFILE_ENV_VAR", "default_profile_name", "get_profile", "PRETRAINED", "chapter_params"]
 
 PoolKind = Literal["token", "avg"]
 MlpKind = Literal["gelu", "swiglu"]
+Split = Literal["train", "val", "test"]
+Switch = Literal["auto", "on", "off"]
+SPLITS: tuple[str, ...] = get_args(Split)
+SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
+BACKGROUNDS = ("flat", "gradient", "noise", "texture")
 
 
 class ConfigError(ValueError):
@@ -31,19 +46,30 @@ def _check_int(name: str, value: object, minimum: int) -> None:
         raise ConfigError(f"{name} must be >= {minimum}, got {value!r}")
 
 
+def _check_ints(obj: object, minimums: dict[str, int]) -> None:
+    for name, minimum in minimums.items():
+        _check_int(name, getattr(obj, name), minimum)
+
+
 def _check_choice(name: str, value: object, kind: object) -> None:
     choices = get_args(kind)
     if value not in choices:
         raise ConfigError(f"{name} must be one of {choices}, got {value!r}")
 
 
+def _check_range(name: str, value: object, lo: float, hi: float, hi_open: bool = True) -> None:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if not ok or not (lo <= value < hi if hi_open else lo <= value <= hi):  # type: ignore[operator]
+        span = f"a finite number >= {lo:g}" if hi == math.inf else f"in [{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        raise ConfigError(f"{name} must be {span}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of a ViT with optional [CLS] and register tokens.
 
-    The token sequence is ``[cls, reg_1 .. reg_R, patch_1 .. patch_N]``. Only patch tokens
-    get a (learnable) position embedding; [CLS] and registers are position-free learnable
-    tokens, the DINOv2 placement. The names follow timm's ``VisionTransformer`` arguments.
+    The token sequence is ``[cls, reg_1 .. reg_R, patch_1 .. patch_N]``. Only patch tokens get a
+    (learnable) position embedding; [CLS] and registers are position-free, the DINOv2 placement.
     """
 
     img_size: int = 32  # side of the (square) input image, pixels
@@ -64,40 +90,24 @@ class ModelConfig:
     norm_eps: float = 1e-6
 
     def __post_init__(self) -> None:
-        for name, minimum in (
-            ("img_size", 1),
-            ("patch_size", 1),
-            ("in_chans", 1),
-            ("num_classes", 0),
-            ("embed_dim", 1),
-            ("depth", 1),
-            ("num_heads", 1),
-            ("num_registers", 0),
-        ):
-            _check_int(name, getattr(self, name), minimum)
+        _check_ints(self, {"img_size": 1, "patch_size": 1, "in_chans": 1, "num_classes": 0, "embed_dim": 1,
+                           "depth": 1, "num_heads": 1, "num_registers": 0})
         if self.img_size % self.patch_size:
-            raise ConfigError(
-                f"img_size={self.img_size} is not divisible by patch_size={self.patch_size}"
-            )
+            raise ConfigError(f"img_size={self.img_size} is not divisible by patch_size={self.patch_size}")
         if self.embed_dim % self.num_heads:
-            raise ConfigError(
-                f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}"
-            )
+            raise ConfigError(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
         if not self.mlp_ratio > 0:
             raise ConfigError(f"mlp_ratio must be > 0, got {self.mlp_ratio!r}")
         _check_choice("mlp", self.mlp, MlpKind)
         _check_choice("global_pool", self.global_pool, PoolKind)
         if self.mlp == "swiglu" and self.mlp_hidden_dim % 2:
-            raise ConfigError(
-                f"mlp='swiglu' packs two halves: int(embed_dim * mlp_ratio)="
-                f"{self.mlp_hidden_dim} must be even"
-            )
+            raise ConfigError(f"mlp='swiglu' packs two halves: int(embed_dim * mlp_ratio)="
+                              f"{self.mlp_hidden_dim} must be even")
         if self.global_pool == "token" and not self.class_token:
             raise ConfigError("global_pool='token' needs class_token=True (or use 'avg')")
         if self.layer_scale_init is not None and not self.layer_scale_init > 0:
             raise ConfigError(f"layer_scale_init must be > 0 or None, got {self.layer_scale_init!r}")
-        if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ConfigError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate!r}")
+        _check_range("drop_path_rate", self.drop_path_rate, 0.0, 1.0)
         if not self.norm_eps > 0:
             raise ConfigError(f"norm_eps must be > 0, got {self.norm_eps!r}")
 
@@ -129,38 +139,330 @@ class ModelConfig:
 
 
 # Named widths of the ViT family (Dosovitskiy et al. 2021; g as in DINOv2, Oquab et al. 2023).
-# name: (embed_dim, depth, num_heads, mlp_ratio, mlp)
+# name: (embed_dim, depth, num_heads, mlp_ratio, mlp); ViT-g's SwiGLU has 4096 hidden units, packed as 8192.
 VIT_SIZES: dict[str, tuple[int, int, int, float, MlpKind]] = {
-    "Ti": (192, 12, 3, 4.0, "gelu"),
-    "S": (384, 12, 6, 4.0, "gelu"),
-    "B": (768, 12, 12, 4.0, "gelu"),
-    "L": (1024, 24, 16, 4.0, "gelu"),
-    # DINOv2 ViT-g/14: SwiGLU with 4096 hidden units, stored packed as 8192 (timm's ratio).
-    "g": (1536, 40, 24, 2.66667 * 2, "swiglu"),
+    "Ti": (192, 12, 3, 4.0, "gelu"), "S": (384, 12, 6, 4.0, "gelu"), "B": (768, 12, 12, 4.0, "gelu"),
+    "L": (1024, 24, 16, 4.0, "gelu"), "g": (1536, 40, 24, 2.66667 * 2, "swiglu"),
 }
 
 
 def vit_config(size: str, **overrides: object) -> ModelConfig:
     """The :class:`ModelConfig` of a named ViT size (``Ti``, ``S``, ``B``, ``L``, ``g``).
 
-    Args:
-        size: one of :data:`VIT_SIZES`.
-        **overrides: any other :class:`ModelConfig` field (``img_size``, ``num_registers``...).
-            Defaults here are ImageNet-like: 224 px, patch 14, 1000 classes.
-
-    Returns:
-        The validated config.
+    Defaults are ImageNet-like (224 px, patch 14, 1000 classes); ``overrides`` sets any other field.
     """
     if size not in VIT_SIZES:
         raise ConfigError(f"unknown ViT size {size!r}; known sizes: {sorted(VIT_SIZES)}")
-    dim, depth, heads, ratio, mlp = VIT_SIZES[size]
-    kwargs: dict[str, object] = dict(
-        img_size=224, patch_size=14, num_classes=1000,
-        embed_dim=dim, depth=depth, num_heads=heads, mlp_ratio=ratio, mlp=mlp,
-    )
-    known = {f.name for f in fields(ModelConfig)}
-    unknown = set(overrides) - known
+    unknown = set(overrides) - {f.name for f in fields(ModelConfig)}
     if unknown:
         raise ConfigError(f"unknown ModelConfig field(s) {sorted(unknown)}")
-    kwargs.update(overrides)
-    return ModelConfig(**kwargs)  # type: ignore[arg-type]
+    dim, depth, heads, ratio, mlp = VIT_SIZES[size]
+    kwargs: dict[str, Any] = dict(img_size=224, patch_size=14, num_classes=1000, embed_dim=dim, depth=depth,
+                                  num_heads=heads, mlp_ratio=ratio, mlp=mlp)
+    return ModelConfig(**{**kwargs, **overrides})
+
+
+class _Splits:
+    """Split sizes of a generated data set (``train_size``, ``val_size``, ``test_size``)."""
+
+    def split_size(self, split: str) -> int:
+        _check_choice("split", split, Split)
+        return int(getattr(self, f"{split}_size"))
+
+
+@dataclass(frozen=True)
+class ScenesConfig(_Splits):
+    """The procedural scenes (:mod:`regvit_lib.scenes`). Two equal configs render identical images.
+
+    The class label is the number of objects (``task="count"``) or the most numerous shape
+    (``task="majority"``: the majority shape appears 2..``max_per_shape`` times, each other shape
+    fewer), so at most ``max_per_shape + (len(shapes) - 1) * (max_per_shape - 1)`` objects.
+    """
+
+    img_size: int = 32
+    shapes: tuple[str, ...] = ("circle", "square", "triangle", "cross")  # class i = shapes[i]
+    task: Literal["count", "majority"] = "count"  # the class label: see above
+    max_per_shape: int = 3
+    backgrounds: tuple[str, ...] = BACKGROUNDS  # each image draws one kind uniformly
+    object_size: tuple[float, float] = (0.45, 0.9)  # object radius, as a fraction of half a cell
+    object_texture: float = 0.0  # probability that an object is striped
+    train_size: int = 50_000
+    val_size: int = 2_000
+    test_size: int = 2_000
+    seed: int = 0  # identity of the data set (independent of the training seed)
+    kind: Literal["scenes"] = "scenes"
+
+    def __post_init__(self) -> None:
+        _check_ints(self, {"img_size": 8, "max_per_shape": 2, "seed": 0, "train_size": 1, "val_size": 1,
+                           "test_size": 1})
+        for name, values, known in (("shapes", self.shapes, SHAPES), ("backgrounds", self.backgrounds, BACKGROUNDS)):
+            if not isinstance(values, tuple) or not values or len(set(values)) != len(values) \
+                    or any(v not in known for v in values):
+                raise ConfigError(f"{name} must be distinct values from {known} in a non-empty tuple, got {values!r}")
+        if len(self.shapes) < 2:
+            raise ConfigError(f"the majority task needs >= 2 shapes, got {self.shapes!r}")
+        lo, hi = self.object_size
+        if not 0.1 <= lo <= hi <= 1.0:
+            raise ConfigError(f"object_size must satisfy 0.1 <= lo <= hi <= 1, got {self.object_size!r}")
+        _check_range("object_texture", self.object_texture, 0.0, 1.0, hi_open=False)
+        _check_choice("kind", self.kind, Literal["scenes"])
+        _check_choice("task", self.task, Literal["count", "majority"])
+        if self.cell_size < 5:
+            raise ConfigError(f"img_size={self.img_size} leaves {self.cell_size:.1f}-pixel grid cells for "
+                              f"{self.max_objects} objects; use a larger image or fewer objects (>= 5 px per cell)")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.shapes) if self.task == "majority" else self.max_objects
+
+    @property
+    def max_objects(self) -> int:
+        return self.max_per_shape + (len(self.shapes) - 1) * (self.max_per_shape - 1)
+
+    @property
+    def grid(self) -> int:
+        """Cells per side of the object grid."""
+        return math.ceil(math.sqrt(self.max_objects))
+
+    @property
+    def cell_size(self) -> float:
+        return self.img_size / self.grid
+
+
+@dataclass(frozen=True)
+class FractalConfig(_Splits):
+    """Iterated-function-system fractals on black, FractalDB-style (Kataoka et al. 2020; :mod:`regvit_lib.data`).
+
+    Each class is one random IFS of ``maps`` contractive affine maps drawn from ``(seed, class)``;
+    an image renders ``points`` attractor points with the coefficients jittered by up to ``jitter``.
+    """
+
+    img_size: int = 32
+    num_classes: int = 10
+    maps: int = 3  # affine maps per IFS
+    points: int = 600  # attractor points drawn per image
+    jitter: float = 0.05  # per-image relative perturbation of the IFS coefficients
+    train_size: int = 50_000
+    val_size: int = 2_000
+    test_size: int = 2_000
+    seed: int = 0
+    kind: Literal["fractals"] = "fractals"
+
+    def __post_init__(self) -> None:
+        _check_ints(self, {"img_size": 8, "num_classes": 2, "maps": 2, "points": 16, "seed": 0, "train_size": 1,
+                           "val_size": 1, "test_size": 1})
+        _check_range("jitter", self.jitter, 0.0, 0.5)
+        _check_choice("kind", self.kind, Literal["fractals"])
+
+
+RealName = Literal["cifar10", "stl10", "imagenette", "folder"]
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """A real image data set read through torchvision (class labels only; :mod:`regvit_lib.data`).
+
+    ``folder`` reads ``root/<split>/<class>/<image>``; the others download into ``root`` when
+    ``download`` is true and a network is there.
+    """
+
+    name: RealName = "folder"
+    root: str = "data/images"
+    img_size: int = 32
+    val_size: int = 1_000  # CIFAR-10 / STL-10: the last val_size training images
+    download: bool = False
+    kind: Literal["images"] = "images"
+
+    def __post_init__(self) -> None:
+        _check_choice("name", self.name, RealName)
+        _check_ints(self, {"img_size": 8, "val_size": 0})
+        _check_choice("kind", self.kind, Literal["images"])
+
+
+DataConfig = ScenesConfig | FractalConfig | ImageData
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The recipe: optimiser, schedule, regularisation, and how often to evaluate/checkpoint."""
+
+    steps: int = 300
+    batch_size: int = 128
+    lr: float = 1e-3  # peak learning rate, after warm-up
+    min_lr: float = 1e-5  # end of the cosine
+    warmup_steps: int = 30
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0  # max global gradient norm; 0 = off
+    objective: Literal["supervised", "dino"] = "supervised"  # "dino": self-distillation, no labels
+    loss: Literal["ce", "bce"] = "ce"  # "bce": DeiT-III's binary cross-entropy on (mixed) targets
+    label_smoothing: float = 0.0
+    hflip: bool = True  # random horizontal flips (labels of scenes are flip-invariant)
+    mixup: float = 0.0  # Beta(a, a) Mixup; 0 = off (DeiT-III: 0.8)
+    cutmix: float = 0.0  # Beta(a, a) CutMix; 0 = off (DeiT-III: 1.0). With both on, one per batch
+    eval_every: int = 50  # evaluate (and record norm/sink curves) every this many steps
+    eval_images: int = 512  # validation images per evaluation (the final one uses the whole split)
+    stats_images: int = 64  # images whose every token norm and attention map are summarised
+    checkpoint_every: int = 100  # steps between checkpoints (resume points)
+    dino_dim: int = 256  # DINO: number of prototypes of the head
+    dino_momentum: float = 0.99  # DINO: teacher EMA momentum at the start, cosine to 1 (DINO: 0.996 over
+    # hundreds of epochs; with a few hundred steps 0.996 leaves the teacher near its random init)
+    knn_images: int = 2_048  # DINO: labelled training images in the k-NN evaluation's bank
+    amp: Switch = "auto"  # bf16 autocast: "auto" = on CUDA only
+    compile: Switch = "auto"  # torch.compile: "auto" = on CUDA only
+
+    def __post_init__(self) -> None:
+        _check_ints(self, {"steps": 1, "batch_size": 1, "warmup_steps": 0, "eval_every": 1, "eval_images": 1,
+                           "stats_images": 1, "checkpoint_every": 1, "dino_dim": 2, "knn_images": 1})
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "mixup", "cutmix"):
+            _check_range(name, getattr(self, name), 0.0, math.inf)
+        _check_range("label_smoothing", self.label_smoothing, 0.0, 1.0)
+        if not self.lr > 0 or self.min_lr > self.lr:
+            raise ConfigError(f"need 0 < min_lr <= lr, got lr={self.lr!r}, min_lr={self.min_lr!r}")
+        if not (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)):
+            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        _check_choice("loss", self.loss, Literal["ce", "bce"])
+        _check_choice("objective", self.objective, Literal["supervised", "dino"])
+        _check_range("dino_momentum", self.dino_momentum, 0.0, 1.0)
+        if self.objective == "dino" and (self.mixup or self.cutmix or self.label_smoothing or self.loss != "ce"):
+            raise ConfigError("objective='dino' uses no labels: mixup, cutmix, label_smoothing and loss do not apply")
+        _check_choice("amp", self.amp, Switch)
+        _check_choice("compile", self.compile, Switch)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides a trained model: architecture, data, recipe, seed (the cache key)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=ScenesConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_int("seed", self.seed, 0)
+        if self.model.img_size != self.data.img_size:
+            raise ConfigError(f"model img_size={self.model.img_size} but data img_size={self.data.img_size}")
+        if (isinstance(self.data, (ScenesConfig, FractalConfig)) and self.train.objective == "supervised"
+                and self.model.num_classes != self.data.num_classes):
+            raise ConfigError(f"model num_classes={self.model.num_classes} but the {self.data.kind} have "
+                              f"{self.data.num_classes} classes")
+        if self.train.objective == "dino" and self.model.num_classes != 0:
+            raise ConfigError(f"objective='dino' trains no classifier: set num_classes=0, got {self.model.num_classes}")
+        if self.train.objective == "supervised" and self.model.num_classes == 0:
+            raise ConfigError("supervised training needs num_classes >= 1")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One scale of the whole book: model, data, recipe, seed and the number of seeds.
+
+    Every chapter trains ``profile.run(...)`` variants of it through the cache, so each
+    configuration trains once for the whole book.
+    """
+
+    name: str
+    description: str
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: ScenesConfig = field(default_factory=ScenesConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    seeds: int = 1  # seeds per configuration where a chapter shows error bars
+
+    def __post_init__(self) -> None:
+        _check_ints(self, {"seed": 0, "seeds": 1})
+        RunConfig(self.model, self.data, self.train, self.seed)  # the parts must fit together
+
+    def run(self, seed: int | None = None, **model_overrides: object) -> RunConfig:
+        """The :class:`RunConfig` of this profile with some model fields changed (``run(num_registers=4)``)."""
+        try:
+            model = replace(self.model, **model_overrides)  # type: ignore[arg-type]
+        except TypeError as e:
+            raise ConfigError(f"unknown ModelConfig field in {sorted(model_overrides)}: {e}") from e
+        return RunConfig(model, self.data, self.train, self.seed if seed is None else seed)
+
+
+def _profile(name: str, description: str, model: ModelConfig, data: ScenesConfig, train: TrainConfig,
+             seeds: int) -> Profile:
+    return Profile(name, description, replace(model, num_classes=data.num_classes), data, train, seeds=seeds)
+
+
+# What each profile costs, measured, is in the README ("Profiles").
+PROFILES: dict[str, Profile] = {p.name: p for p in (
+    _profile("smoke", "CI and nbval: seconds per chapter on 2 CPU cores",
+             ModelConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2),
+             ScenesConfig(img_size=32, train_size=2_000, val_size=128, test_size=128),
+             TrainConfig(steps=20, batch_size=32, warmup_steps=2, eval_every=10, eval_images=64, stats_images=16,
+                         checkpoint_every=10), seeds=1),
+    _profile("cpu", "a laptop (the default): the whole book on 2 CPU cores",
+             ModelConfig(img_size=32, patch_size=4, embed_dim=128, depth=6, num_heads=4),
+             ScenesConfig(img_size=32, train_size=50_000, val_size=2_000, test_size=2_000),
+             TrainConfig(steps=300, batch_size=128, lr=2e-3, warmup_steps=30, eval_every=50, eval_images=512,
+                         stats_images=64, checkpoint_every=50), seeds=1),
+    _profile("gpu", "one data-centre GPU (planned, not yet measured)",
+             ModelConfig(img_size=64, patch_size=4, embed_dim=384, depth=12, num_heads=6),
+             ScenesConfig(img_size=64, train_size=1_000_000, val_size=5_000, test_size=5_000),
+             TrainConfig(steps=3_000, batch_size=512, lr=1e-3, warmup_steps=300, weight_decay=0.05, eval_every=250,
+                         eval_images=2_048, stats_images=64, checkpoint_every=500), seeds=3),
+)}
+
+PROFILE_ENV_VAR = "REGVIT_PROFILE"
+
+
+def get_profile(name: str) -> Profile:
+    """Look a profile up by name (``smoke``, ``cpu``, ``gpu``); any other name raises, listing them."""
+    if name not in PROFILES:
+        raise ConfigError(f"unknown profile {name!r}; known profiles: {sorted(PROFILES)}")
+    return PROFILES[name]
+
+
+def default_profile_name() -> str:
+    """The profile a chapter runs when nobody injects one: ``$REGVIT_PROFILE``, else ``cpu``.
+
+    nbval cannot inject papermill parameters, so the environment picks its profile.
+    """
+    name = os.environ.get(PROFILE_ENV_VAR, "cpu").strip()
+    if name not in PROFILES:
+        raise ConfigError(f"environment variable {PROFILE_ENV_VAR}={name!r} names no profile; "
+                          f"known profiles: {sorted(PROFILES)}")
+    return name
+
+
+# Pretrained models (:mod:`regvit_lib.pretrained`), alias -> timm name: DINOv2 (Oquab et al. 2023), its
+# registers twins (this paper), DeiT-III (Touvron et al. 2022).
+PRETRAINED: dict[str, str] = {
+    **{f"dinov2-{s}{r}": f"vit_{size}_patch14_{'reg4_' if r else ''}dinov2.lvd142m"
+       for s, size in (("s", "small"), ("b", "base"), ("l", "large"), ("g", "giant")) for r in ("", "-reg")},
+    **{f"deit3-{s}": f"deit3_{size}_patch16_224.fb_in22k_ft_in1k"
+       for s, size in (("s", "small"), ("b", "base"), ("l", "large"))},
+}
+
+# A chapter's parameters: name -> (accepted types, check, what is accepted). bool is never an int here.
+_PARAMS: dict[str, tuple[tuple[type, ...], Any, str]] = {
+    "profile": ((str,), lambda v: v in PROFILES, f"one of {sorted(PROFILES)}"),
+    "pretrained": ((str, type(None)), lambda v: v is None or v in PRETRAINED or v in PRETRAINED.values(),
+                   f"None or one of {sorted(PRETRAINED)} (or their timm names)"),
+    "num_registers": ((int,), lambda v: v >= 0, "an integer >= 0"),
+    "registers": ((int,), lambda v: v >= 1, "an integer >= 1"),
+    "probe_images": ((int,), lambda v: v >= 8, "an integer >= 8"),
+    "k": ((int, float), lambda v: math.isfinite(v) and v > 1, "a number > 1"),
+    "rerun_study": ((bool,), lambda v: True, "True or False"),
+}
+
+
+def chapter_params(**params: object) -> Profile:
+    """Check a chapter's parameters cell at the door and return its profile.
+
+    Every value is checked for type and range before any compute; papermill's ``-p rerun_study
+    maybe`` arrives as the string ``"maybe"`` and is refused, not read as true.
+
+    Raises:
+        ConfigError: naming the parameter, the value and what is accepted.
+    """
+    for name, value in params.items():
+        if name not in _PARAMS:
+            raise ConfigError(f"unknown chapter parameter {name!r}; known: {sorted(_PARAMS)}")
+        types, ok, accepted = _PARAMS[name]
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types) or not ok(value):
+            raise ConfigError(f"parameter {name}={value!r} ({type(value).__name__}) is not {accepted}")
+    return get_profile(str(params.get("profile", default_profile_name())))

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from .config import ModelConfig
 
 __all__ = ["Attention", "Mlp", "SwiGLU", "LayerScale", "DropPath", "Block", "RegViT",
-           "build_model", "split_tokens", "count_parameters"]
+           "build_model", "patchify", "split_tokens", "count_parameters"]
 
 
 class Attention(nn.Module):
@@ -149,6 +149,20 @@ class PatchEmbed(nn.Module):
                 f"expected images of shape (B, C, {self.img_size}, {self.img_size}), got {tuple(x.shape)}"
             )
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
+
+
+def patchify(images: Tensor, patch_size: int) -> Tensor:
+    """Cut ``(B, C, H, W)`` images into flattened patches ``(B, N, C * P * P)``, row-major.
+
+    Each patch is flattened in (channel, row, column) order, the order of the patch-embedding
+    convolution's weight, so ``patchify(x, P) @ E`` equals the convolution.
+    """
+    B, C, H, W = images.shape
+    if H % patch_size or W % patch_size:
+        raise ValueError(f"image size {H}x{W} is not divisible by patch_size={patch_size}")
+    x = images.unfold(2, patch_size, patch_size).unfold(3, patch_size, patch_size)  # (B, C, gh, gw, P, P)
+    x = x.permute(0, 2, 3, 1, 4, 5)  # (B, gh, gw, C, P, P)
+    return x.reshape(B, (H // patch_size) * (W // patch_size), C * patch_size * patch_size)
 
 
 def split_tokens(x: Tensor, class_token: bool, num_registers: int) -> dict[str, Tensor]:

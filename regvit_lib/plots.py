@@ -1,7 +1,8 @@
 """Figures. Each function takes data from the library and returns a matplotlib Figure.
 
 Only this module imports matplotlib. Nothing here calls ``plt.show``; a chapter displays or
-glues the returned figure, and ``fig.savefig("x.pdf")`` gives a thesis-ready vector file.
+glues the returned figure, and ``fig.savefig("x.pdf")`` gives a thesis-ready vector file (the
+format follows the suffix).
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ import torch
 from torch import Tensor
 
 from .config import ModelConfig
-from .data import SceneBatch
+from .scenes import SceneBatch, background_patches
 
 __all__ = ["use_style", "TOKEN_COLORS", "patch_grid", "token_layout", "register_overhead",
            "scenes_grid", "scene_labels", "training_curves", "norm_histogram", "norms_per_layer",
-           "attention_maps", "neighbour_similarity", "local_probes", "token_probe", "emergence",
-           "sinks_per_layer", "norms_vs_size", "register_ablation", "resolution_maps", "save"]
+           "attention_maps", "neighbour_similarity", "emergence",
+           "sinks_per_layer", "norms_vs_size", "register_ablation", "resolution_maps"]
 
 # One colour per token kind, used by every figure of the book.
 TOKEN_COLORS = {"cls": "#d62728", "reg": "#2ca02c", "patch": "#1f77b4"}
@@ -168,10 +169,8 @@ def scene_labels(batch: SceneBatch, index: int = 0, patch_size: int | None = Non
     axes[2].set_title("depth")
     fig.colorbar(dep, ax=axes[2], shrink=0.8)
     if patch_size:
-        H = batch.seg.shape[-1]
-        g = H // patch_size
-        obj = (batch.seg[index][: g * patch_size, : g * patch_size] > 0).reshape(g, patch_size, g, patch_size)
-        empty = ~obj.any(3).any(1)  # (g, g): patches without an object pixel
+        g = batch.seg.shape[-1] // patch_size
+        empty = background_patches(batch.seg[index : index + 1], patch_size).reshape(g, g)  # no object pixel
         _image(axes[3], batch.image[index])
         for gy, gx in empty.nonzero().tolist():
             axes[3].add_patch(Rectangle((gx * patch_size - 0.5, gy * patch_size - 0.5), patch_size, patch_size,
@@ -302,51 +301,15 @@ def neighbour_similarity(similarity: Tensor, outlier_mask: Tensor, ax: plt.Axes 
     return fig
 
 
-def local_probes(results: dict[str, dict[str, float]], paper: dict[str, dict[str, float]] | None = None) -> Figure:
-    """Paper Fig. 5b: position accuracy and reconstruction error, normal vs outlier tokens.
-
-    Args:
-        results: from :func:`regvit_lib.probes.local_probes`.
-        paper: optional paper values in the same shape, drawn as black marks.
-    """
-    fig, axes = plt.subplots(1, 2, figsize=(6.4, 2.8), layout="constrained")
-    kinds = list(results)
-    colours = [TOKEN_COLORS["patch"], "orange"]
-    for ax, metric, title in ((axes[0], "position_top1", "position: top-1 accuracy"),
-                              (axes[1], "reconstruction_l2", "pixels: reconstruction L2")):
-        ax.bar(kinds, [results[k][metric] for k in kinds], color=colours[: len(kinds)])
-        if paper:
-            ax.scatter([k for k in kinds if k in paper], [paper[k][metric] for k in kinds if k in paper],
-                       marker="_", s=400, color="black", label="paper", zorder=5)
-            ax.legend(fontsize=8)
-        ax.set_title(title)
-    return fig
-
-
-def token_probe(results: dict[str, dict[str, float]], chance: float | None = None,
-                ax: plt.Axes | None = None) -> Figure:
-    """Paper Table 1 as bars: image classification accuracy from a single token of each kind."""
-    fig, ax = _fig_ax(ax, (4.6, 2.8))
-    kinds = list(results)
-    colours = [TOKEN_COLORS["cls"] if k == "cls" else TOKEN_COLORS["reg"] if k.startswith("reg")
-               else "orange" if k == "outlier" else TOKEN_COLORS["patch"] for k in kinds]
-    ax.bar(kinds, [results[k]["accuracy"] for k in kinds], color=colours)
-    if chance is not None:
-        ax.axhline(chance, color="black", ls=":", lw=1, label="chance")
-        ax.legend(fontsize=8)
-    ax.set_ylabel("linear-probe accuracy")
-    return fig
-
-
-def emergence(rows: list[dict], paper_ratio: float | None = 10.0) -> Figure:
+def emergence(rows: list[dict], along: tuple[str, ...] = (), paper_ratio: float | None = 10.0) -> Figure:
     """The emergence study on a compute axis: norm ratio and sink mass of every run.
 
     Left: the largest per-image max/median patch-norm ratio (mean over images, best block >= 1)
-    at the end of each run; the compute runs (all seeds) are also drawn over their training. Right: the
+    at the end of each run; the runs of the axes ``along`` are also drawn over their training. Right: the
     attention mass of the strongest sink. ``paper_ratio``: the ~10x of the paper's outliers.
 
     Args:
-        rows: :func:`regvit_lib.study.run_study` rows (or ``load_study(...)["rows"]``).
+        rows: :func:`regvit_lib.emergence.run_study` rows (or ``load_study(...)["rows"]``).
     """
     fig, (a, b) = plt.subplots(1, 2, figsize=(9.5, 3.6), layout="constrained")
     axes = sorted({r["axis"] for r in rows})
@@ -357,7 +320,7 @@ def emergence(rows: list[dict], paper_ratio: float | None = 10.0) -> Figure:
         a.scatter(x, [r["final_ratio_mean"] for r in pts], color=colours[i], label=axis, zorder=3)
         b.scatter(x, [r["final_sink_mass"] for r in pts], color=colours[i], label=axis, zorder=3)
     for r in rows:
-        if r["axis"] in ("compute", "baseline", "seeds"):
+        if r["axis"] in along:
             c = [p for p in r["curve"] if p["train_flops"] > 0]
             a.plot([p["train_flops"] for p in c], [p["ratio_mean"] for p in c], color="grey", lw=0.8, alpha=0.6)
             b.plot([p["train_flops"] for p in c], [p["sink_mass"] for p in c], color="grey", lw=0.8, alpha=0.6)
@@ -384,16 +347,16 @@ def sinks_per_layer(tables: dict[str, pd.DataFrame], ax: plt.Axes | None = None)
     says which token the sink is (circle: a patch, square: [CLS], triangle: a register).
 
     Args:
-        tables: model name -> :func:`regvit_lib.book.sinks` table.
+        tables: model name -> :func:`regvit_lib.measure.sinks` table.
     """
     fig, ax = _fig_ax(ax, (5.0, 3.0))
     markers = {"patch": "o", "cls": "s", "reg": "^"}
     for i, (name, t) in enumerate(tables.items()):
         colour = f"C{i}"
-        ax.plot(t["block"], t["sink mass"], color=colour, label=name)
+        ax.plot(t["block"], t["sink_mass"], color=colour, label=name)
         for kind, marker in markers.items():
-            sel = t["sink on"] == kind
-            ax.scatter(t["block"][sel], t["sink mass"][sel], marker=marker, color=colour, s=40, zorder=3)
+            sel = t["sink_on"] == kind
+            ax.scatter(t["block"][sel], t["sink_mass"][sel], marker=marker, color=colour, s=40, zorder=3)
     for kind, marker in markers.items():  # a legend entry per token kind
         ax.scatter([], [], marker=marker, color="grey", label=f"sink on {'[CLS]' if kind == 'cls' else kind}")
     ax.set_xlabel("block")
@@ -474,11 +437,6 @@ def resolution_maps(study: pd.DataFrame) -> Figure:
                                  f"stripe {row['stripe']:.2f}", fontsize=8)
             _bare(axes[i, j])
     return fig
-
-
-def save(fig: Figure, path: str) -> None:
-    """Save a figure for a thesis: the format follows the suffix (``.pdf``, ``.svg``, ``.png``)."""
-    fig.savefig(path)
 
 
 def _fig_ax(ax: plt.Axes | None, size: tuple[float, float]) -> tuple[Figure, plt.Axes]:

@@ -9,44 +9,21 @@ dict) with ``torch.load(..., weights_only=True)``; the tests write such a file t
 Names: a short alias from :data:`PRETRAINED` (``"dinov2-g"``, ``"dinov2-g-reg"``, ...) or the
 full timm name. :func:`twin` gives a model's twin with (or without) registers.
 
-:func:`photos` returns a handful of real photographs: the colour sample images that
-scikit-image ships inside its package (no download), else matplotlib's Grace Hopper.
+The aliases live with every other setting, in :data:`regvit_lib.config.PRETRAINED`.
 """
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
-from torch import Tensor
 
-from .config import ConfigError
+from .config import PRETRAINED, ConfigError
 from .model import RegViT
 from .timm_interop import regvit_from_timm
 
-__all__ = ["PRETRAINED", "resolve", "twin", "load_pretrained", "photos", "hub_reachable", "PHOTOS"]
-
-# alias -> timm name. DINOv2 (Oquab et al. 2023) and its registers twins (this paper), DeiT-III.
-PRETRAINED: dict[str, str] = {
-    "dinov2-s": "vit_small_patch14_dinov2.lvd142m",
-    "dinov2-s-reg": "vit_small_patch14_reg4_dinov2.lvd142m",
-    "dinov2-b": "vit_base_patch14_dinov2.lvd142m",
-    "dinov2-b-reg": "vit_base_patch14_reg4_dinov2.lvd142m",
-    "dinov2-l": "vit_large_patch14_dinov2.lvd142m",
-    "dinov2-l-reg": "vit_large_patch14_reg4_dinov2.lvd142m",
-    "dinov2-g": "vit_giant_patch14_dinov2.lvd142m",
-    "dinov2-g-reg": "vit_giant_patch14_reg4_dinov2.lvd142m",
-    "deit3-s": "deit3_small_patch16_224.fb_in22k_ft_in1k",
-    "deit3-b": "deit3_base_patch16_224.fb_in22k_ft_in1k",
-    "deit3-l": "deit3_large_patch16_224.fb_in22k_ft_in1k",
-}
-
-# scikit-image's colour photographs that ship inside its wheel (no download needed).
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+__all__ = ["PRETRAINED", "resolve", "twin", "load_pretrained"]
 
 
 def resolve(name: str) -> str:
@@ -110,34 +87,3 @@ def load_pretrained(name: str, img_size: int = 224, checkpoint: str | Path | Non
         state = {k: v for k, v in state.items() if not k.startswith("head.")}  # features only
         tm.load_state_dict(state)
     return regvit_from_timm(tm.eval())
-
-
-def photos(img_size: int, names: tuple[str, ...] = PHOTOS) -> Tensor:
-    """Real photographs, centre-cropped square and resized: ``(B, 3, img_size, img_size)`` in [0, 1].
-
-    Uses scikit-image's packaged sample images when scikit-image is installed, else the one
-    photograph matplotlib ships (Grace Hopper).
-    """
-    from .data import sample_photo
-
-    if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
-        raise ConfigError(f"img_size must be a positive int, got {img_size!r}")
-    try:
-        import skimage.data
-    except ImportError:
-        return sample_photo(img_size)
-    out = []
-    for n in names:
-        im = Image.fromarray(getattr(skimage.data, n)()).convert("RGB")
-        im = ImageOps.fit(im, (img_size, img_size), method=Image.Resampling.LANCZOS)  # centre square, resized
-        out.append(torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1))
-    return torch.stack(out)
-
-
-def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    """Whether the model hub answers (the pretrained path needs it; CI and this book's build do not)."""
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False

@@ -1,7 +1,7 @@
 """Probes: small models trained on frozen tokens to ask what the tokens know.
 
-Every probe is linear and deterministic (full-batch L-BFGS for classifiers, closed-form ridge
-for regressions, on standardised features), fitted on one set of images and scored on
+Every probe is linear and deterministic (scikit-learn's logistic regression for classifiers,
+ridge for regressions, on standardised features), fitted on one set of images and scored on
 another. Which paper result each one serves:
 
 * :func:`local_probes` -- Fig. 5b: predicting a token's *position* and reconstructing its
@@ -15,17 +15,21 @@ another. Which paper result each one serves:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from scipy import ndimage
+from sklearn.linear_model import LogisticRegression, Ridge
 from torch import Tensor
+from torchvision.ops import box_iou
 
 from .analysis import Features, Outliers, tokens_at
+from .model import patchify
 
-__all__ = ["probe_summary", "fit_softmax", "fit_ridge", "split_images", "local_probes", "single_token_probe",
-           "mean_iou", "rmse", "dense_probes", "lost", "box_iou", "corloc", "DenseResult"]
+__all__ = ["probe_summary", "split_images", "local_probes", "single_token_probe", "mean_iou", "rmse",
+           "dense_probes", "lost", "corloc", "DenseResult"]
 
 
 # --- linear models ------------------------------------------------------------------------------
@@ -36,32 +40,24 @@ def _standardise(train: Tensor, *others: Tensor) -> list[Tensor]:
     return [(x - mu) / sd for x in (train, *others)]
 
 
-def fit_softmax(x: Tensor, y: Tensor, num_classes: int, weight_decay: float = 1e-3,
-                steps: int = 100) -> torch.nn.Linear:
-    """Multinomial logistic regression by full-batch L-BFGS (deterministic). ``x`` (n, d), ``y`` (n,)."""
-    lin = torch.nn.Linear(x.shape[1], num_classes, dtype=torch.float64)
-    torch.nn.init.zeros_(lin.weight)
-    torch.nn.init.zeros_(lin.bias)
-    opt = torch.optim.LBFGS(lin.parameters(), lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
-    xd = x.double()
+def _classifier(x: Tensor, y: Tensor, weight_decay: float = 1e-3) -> Callable[[Tensor], Tensor]:
+    """Multinomial logistic regression: mean cross-entropy + ``weight_decay * ||W||^2`` (bias free).
 
-    def closure() -> Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(lin(xd), y) + weight_decay * lin.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return lin
+    Returns a function from features to class indices (``y``'s labels). scikit-learn fits a binary
+    problem as one vector ``v = w1 - w0``; softmax's optimum has ``||w0||^2 + ||w1||^2 = ||v||^2 / 2``,
+    hence ``C`` twice as large there.
+    """
+    if len(classes := y.unique()) == 1:
+        return lambda z: classes.expand(len(z))
+    C = 1 / (weight_decay * len(x) * (1 if len(classes) == 2 else 2))
+    clf = LogisticRegression(C=C, max_iter=1000, tol=1e-6).fit(x.double().numpy(), y.numpy())
+    return lambda z: torch.from_numpy(clf.predict(z.double().numpy()))
 
 
-def fit_ridge(x: Tensor, y: Tensor, alpha: float = 1e-2) -> tuple[Tensor, Tensor]:
-    """Ridge regression in closed form; returns ``(W, b)`` with ``y ~ x @ W + b``."""
-    xd, yd = x.double(), y.double()
-    mx, my = xd.mean(0), yd.mean(0)
-    xc = xd - mx
-    W = torch.linalg.solve(xc.T @ xc + alpha * len(x) * torch.eye(x.shape[1], dtype=xd.dtype), xc.T @ (yd - my))
-    return W, my - mx @ W
+def _ridge(x: Tensor, y: Tensor, alpha: float = 1e-2) -> Callable[[Tensor], Tensor]:
+    """Ridge regression with penalty ``alpha * n * ||W||^2`` (intercept free); returns its predictor."""
+    reg = Ridge(alpha=alpha * len(x)).fit(x.double().numpy(), y.double().numpy())
+    return lambda z: torch.from_numpy(reg.predict(z.double().numpy()))
 
 
 def _subsample(arrays: tuple[Tensor, ...], cap: int, seed: int) -> tuple[Tensor, ...]:
@@ -80,13 +76,6 @@ def split_images(n: int, train_share: float = 0.5, seed: int = 0) -> tuple[Tenso
 
 
 # --- local information (Fig. 5b) -----------------------------------------------------------------
-
-
-def _patch_pixels(images: Tensor, patch: int) -> Tensor:
-    """``(B, N, patch*patch*3)`` raw pixels of every patch."""
-    B, C, H, W = images.shape
-    x = images.reshape(B, C, H // patch, patch, W // patch, patch)
-    return x.permute(0, 2, 4, 1, 3, 5).reshape(B, (H // patch) * (W // patch), C * patch * patch)
 
 
 def local_probes(feats: Features, outliers: Outliers, layer: int | str = -1, seed: int = 0,
@@ -110,7 +99,7 @@ def local_probes(feats: Features, outliers: Outliers, layer: int | str = -1, see
     patch = tokens_at(feats, layer)["patch"]  # (B, N, D)
     B, N, D = patch.shape
     g = feats.grid
-    pixels = _patch_pixels(feats.images, feats.cfg.patch_size)  # (B, N, p*p*3)
+    pixels = patchify(feats.images, feats.cfg.patch_size)  # (B, N, p*p*3)
     pos = torch.arange(N).expand(B, N)
     tr, te = split_images(B, seed=seed)
     fit = ~outliers.mask[tr]
@@ -118,8 +107,7 @@ def local_probes(feats: Features, outliers: Outliers, layer: int | str = -1, see
     x_tr, y_tr, px_tr = _subsample((x_tr, y_tr, px_tr), max_train_tokens, seed)
     x_te_all = patch[te]
     xs = _standardise(x_tr, x_te_all.reshape(-1, D))
-    clf = fit_softmax(xs[0], y_tr, N)
-    W, b = fit_ridge(xs[0], px_tr)
+    clf, reg = _classifier(xs[0], y_tr), _ridge(xs[0], px_tr)
     x_te = xs[1].reshape(len(te), N, D)
     out: dict[str, dict[str, float]] = {}
     for name, sel in (("normal", ~outliers.mask[te]), ("outlier", outliers.mask[te])):
@@ -127,11 +115,9 @@ def local_probes(feats: Features, outliers: Outliers, layer: int | str = -1, see
             out[name] = {"position_top1": float("nan"), "position_distance": float("nan"),
                          "reconstruction_l2": float("nan"), "tokens": 0}
             continue
-        with torch.no_grad():
-            pred = clf(x_te[sel].double()).argmax(-1)
-        true = pos[te][sel]
+        pred, true = clf(x_te[sel]), pos[te][sel]
         dist = torch.hypot((pred // g - true // g).double(), (pred % g - true % g).double())
-        recon = x_te[sel].double() @ W + b
+        recon = reg(x_te[sel])
         out[name] = {"position_top1": float((pred == true).double().mean()),
                      "position_distance": float(dist.mean()),
                      "reconstruction_l2": float((recon - pixels[te][sel].double()).pow(2).mean()),
@@ -178,14 +164,11 @@ def single_token_probe(feats: Features, outliers: Outliers, layer: int | str = -
     for r in range(parts["reg"].shape[1]):
         kinds[f"reg{r}"] = parts["reg"][images, r]
     y = feats.labels[images]
-    C = int(feats.labels.max()) + 1
     tr, te = split_images(len(images), seed=seed)
     out = {}
     for name, x in kinds.items():
         x_tr, x_te = _standardise(x[tr], x[te])
-        clf = fit_softmax(x_tr, y[tr], C)
-        with torch.no_grad():
-            acc = float((clf(x_te.double()).argmax(-1) == y[te]).double().mean())
+        acc = float((_classifier(x_tr, y[tr])(x_te) == y[te]).double().mean())
         out[name] = {"accuracy": acc, "images": len(te)}
     return out
 
@@ -251,10 +234,7 @@ def dense_probes(feats: Features, seg: Tensor, depth: Tensor, num_seg_classes: i
     # classification on [CLS] (or the mean patch token without one)
     pooled = parts["cls"] if "cls" in parts else patch.mean(1)
     c_tr, c_te = _standardise(pooled[tr], pooled[te])
-    C = int(feats.labels.max()) + 1
-    clf = fit_softmax(c_tr, feats.labels[tr], C)
-    with torch.no_grad():
-        cls_acc = float((clf(c_te.double()).argmax(-1) == feats.labels[te]).double().mean())
+    cls_acc = float((_classifier(c_tr, feats.labels[tr])(c_te) == feats.labels[te]).double().mean())
     # per-patch targets
     seg_p = seg[:, : g * p, : g * p].reshape(B, g, p, g, p).permute(0, 1, 3, 2, 4).reshape(B, N, p * p)
     seg_target = torch.mode(seg_p, dim=-1).values  # (B, N)
@@ -263,11 +243,8 @@ def dense_probes(feats: Features, seg: Tensor, depth: Tensor, num_seg_classes: i
     ys, yd = seg_target[tr].reshape(-1), depth_target[tr].reshape(-1)
     x_tr, ys, yd = _subsample((x_tr, ys, yd), max_train_tokens, seed)
     x_tr, x_te = _standardise(x_tr, x_te)
-    seg_clf = fit_softmax(x_tr, ys, num_seg_classes)
-    W, b = fit_ridge(x_tr, yd[:, None])
-    with torch.no_grad():
-        seg_pred = seg_clf(x_te.double()).argmax(-1).reshape(len(te), N)
-    depth_pred = (x_te.double() @ W + b).reshape(len(te), N)
+    seg_pred = _classifier(x_tr, ys)(x_te).reshape(len(te), N)
+    depth_pred = _ridge(x_tr, yd)(x_te).reshape(len(te), N)
     H = g * p
     miou = mean_iou(_upsample(seg_pred, g, p), seg[te][:, :H, :H], num_seg_classes)
     err = rmse(_upsample(depth_pred, g, p), depth[te][:, :H, :H])
@@ -303,37 +280,18 @@ def lost(keys: Tensor, grid: int, patch: int, k: int = 100) -> Tensor:
         order = torch.argsort(degree)
         potentials = order[: min(k, len(order))]
         expanded = potentials[A[seed, potentials] > 0]
-        mask = (A[:, expanded].sum(1) > 0).reshape(grid, grid)
-        comp = _component(mask, divmod(seed, grid))
-        ys, xs = torch.nonzero(comp, as_tuple=True)
-        boxes.append([int(xs.min()) * patch, int(ys.min()) * patch, (int(xs.max()) + 1) * patch,
-                      (int(ys.max()) + 1) * patch])
+        mask = (A[:, expanded].sum(1) > 0).reshape(grid, grid).numpy()
+        ys, xs = np.nonzero(_component(mask, divmod(seed, grid)))
+        boxes.append([xs.min() * patch, ys.min() * patch, (xs.max() + 1) * patch, (ys.max() + 1) * patch])
     return torch.tensor(boxes, dtype=torch.float32)
 
 
-def _component(mask: Tensor, start: tuple[int, int]) -> Tensor:
+def _component(mask: np.ndarray, start: tuple[int, int]) -> np.ndarray:
     """The 4-connected component of ``mask`` containing ``start`` (the start is always in it)."""
-    g = mask.shape[0]
-    comp = torch.zeros_like(mask)
-    stack = [start]
-    m = mask.clone()
+    m = mask.copy()
     m[start] = True
-    while stack:
-        y, x = stack.pop()
-        if not (0 <= y < g and 0 <= x < mask.shape[1]) or comp[y, x] or not m[y, x]:
-            continue
-        comp[y, x] = True
-        stack += [(y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)]
-    return comp
-
-
-def box_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of boxes ``a`` (n, 4) against ``b`` (m, 4), ``(x0, y0, x1, y1)`` -> (n, m)."""
-    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
-    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clamp_min(0).prod(-1)
-    area = lambda x: (x[:, 2:] - x[:, :2]).clamp_min(0).prod(-1)  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
+    labels = ndimage.label(m)[0]
+    return labels == labels[start]
 
 
 def corloc(pred: Tensor, gt_boxes: Tensor, gt_valid: Tensor, threshold: float = 0.5) -> float:
@@ -348,14 +306,20 @@ def corloc(pred: Tensor, gt_boxes: Tensor, gt_valid: Tensor, threshold: float = 
 
 
 def probe_summary(feats: Features, outliers: Outliers, layer: int | str = -1, seed: int = 0) -> dict[str, float]:
-    """One row of the Fig. 5b / Table 1 measurements for a set of features, flat for a table."""
+    """One record of the Fig. 5b / Table 1 measurements for a set of features.
+
+    Returns:
+        ``outlier_share``, ``outlier_norm_ratio``; for ``kind`` in normal / outlier,
+        ``position_top1_<kind>``, ``position_distance_<kind>``, ``pixel_l2_<kind>``; and
+        ``class_<kind>`` for normal / outlier / cls: accuracy of a classifier on one such token.
+    """
     local = local_probes(feats, outliers, layer, seed)
     single = single_token_probe(feats, outliers, layer, seed)
-    row = {"outlier share": outliers.share, "outlier / normal norm": outliers.norm_ratio}
+    row = {"outlier_share": outliers.share, "outlier_norm_ratio": outliers.norm_ratio}
     for kind in ("normal", "outlier"):
-        row[f"position top-1, {kind}"] = local[kind]["position_top1"]
-        row[f"position distance, {kind}"] = local[kind]["position_distance"]
-        row[f"pixel L2, {kind}"] = local[kind]["reconstruction_l2"]
+        row[f"position_top1_{kind}"] = local[kind]["position_top1"]
+        row[f"position_distance_{kind}"] = local[kind]["position_distance"]
+        row[f"pixel_l2_{kind}"] = local[kind]["reconstruction_l2"]
     for kind in ("normal", "outlier", "cls"):
-        row[f"class from one {kind} token"] = single[kind]["accuracy"] if kind in single else float("nan")
+        row[f"class_{kind}"] = single[kind]["accuracy"] if kind in single else float("nan")
     return row

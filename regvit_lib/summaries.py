@@ -3,13 +3,18 @@
 Kept apart from :mod:`regvit_lib.analysis` because their code is part of every trained run's
 cache key (:mod:`regvit_lib.cache`): growing the analysis toolkit must not retrain anything.
 
-Norms are compared with **the median norm of the same image's patch tokens in the same
-layer**: against a global median, an image whose tokens are all large would look like a set
-of outliers (a pitfall seen in the emergence runs).
+Two definitions the whole book uses live here, once:
+
+* :func:`norm_ratio` -- a patch token's norm over **the median norm of the same image's patch
+  tokens in the same layer**. Against a global median, an image whose tokens are all large
+  would look like a set of outliers (a pitfall seen in the emergence runs).
+* :func:`studied_block` -- the block whose norms a chapter studies: the one with the largest
+  mean max/median ratio, from block 1 on (block 0 reacts to the raw contrast of the input).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -19,10 +24,21 @@ from torch import Tensor
 from .config import ModelConfig
 from .model import split_tokens
 
-__all__ = ["RATIO_BINS", "token_norms", "norm_summary", "sink_summary"]
+__all__ = ["RATIO_BINS", "norm_ratio", "studied_block", "token_norms", "norm_summary", "sink_summary"]
 
 # log2(norm / image median) histogram edges: 1/8x .. 64x in quarter octaves (Fig. 3, 4b).
 RATIO_BINS = np.arange(-3.0, 6.0 + 1e-9, 0.25)
+
+
+def norm_ratio(norms: Tensor) -> Tensor:
+    """Each patch-token norm over the median patch norm of its image (and layer): ``(..., N) -> (..., N)``."""
+    return norms / norms.median(dim=-1, keepdim=True).values
+
+
+def studied_block(ratio_by_block: Sequence[float]) -> int:
+    """The block with the largest mean max/median ratio, from block 1 on when there are several."""
+    start = 1 if len(ratio_by_block) > 1 else 0
+    return start + int(np.argmax(np.asarray(ratio_by_block, dtype=float)[start:]))
 
 
 def token_norms(blocks: Tensor, cfg: ModelConfig) -> dict[str, Tensor]:
@@ -54,7 +70,7 @@ def norm_summary(norms: dict[str, Tensor]) -> list[dict[str, Any]]:
     """
     patch = norms["patch"]  # (B, L, N)
     med = patch.median(dim=-1, keepdim=True).values  # (B, L, 1)
-    ratio = patch / med  # (B, L, N)
+    ratio = norm_ratio(patch)  # (B, L, N)
     out = []
     for layer in range(patch.shape[1]):
         p, r = patch[:, layer], ratio[:, layer]

@@ -28,9 +28,9 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,96 +38,17 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from .summaries import norm_summary, sink_summary, token_norms
-from .cache import CacheCorruptError, RunStore
-from .config import ConfigError, ModelConfig, _check_choice, _check_int
-from .data import DataConfig, DataSource, FractalConfig, ScenesConfig, batch_indices, make_source, normalize
+from .cache import CacheCorruptError, Store, set_aside
+from .config import RunConfig, TrainConfig
+from .data import DataSource, batch_indices, make_source, normalize
 from .model import RegViT, build_model, count_parameters
 from .selfsup import Dino, knn_accuracy
+from .summaries import norm_summary, sink_summary, token_norms
 
-__all__ = ["TrainConfig", "RunConfig", "TrainedRun", "get_lr", "train", "evaluate"]
+__all__ = ["TrainedRun", "get_lr", "train", "evaluate", "TRAIN_CODE"]
 
-Switch = Literal["auto", "on", "off"]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The recipe: optimiser, schedule, regularisation, and how often to evaluate/checkpoint."""
-
-    steps: int = 300
-    batch_size: int = 128
-    lr: float = 1e-3  # peak learning rate, after warm-up
-    min_lr: float = 1e-5  # end of the cosine
-    warmup_steps: int = 30
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float = 1.0  # max global gradient norm; 0 = off
-    objective: Literal["supervised", "dino"] = "supervised"  # "dino": self-distillation, no labels
-    loss: Literal["ce", "bce"] = "ce"  # "bce": DeiT-III's binary cross-entropy on (mixed) targets
-    label_smoothing: float = 0.0
-    hflip: bool = True  # random horizontal flips (labels of scenes are flip-invariant)
-    mixup: float = 0.0  # Beta(a, a) Mixup; 0 = off (DeiT-III: 0.8)
-    cutmix: float = 0.0  # Beta(a, a) CutMix; 0 = off (DeiT-III: 1.0). With both on, one per batch
-    eval_every: int = 50  # evaluate (and record norm/sink curves) every this many steps
-    eval_images: int = 512  # validation images per evaluation (the final one uses the whole split)
-    stats_images: int = 64  # images whose every token norm and attention map are summarised
-    checkpoint_every: int = 100  # steps between checkpoints (resume points)
-    dino_dim: int = 256  # DINO: number of prototypes of the head
-    dino_momentum: float = 0.99  # DINO: teacher EMA momentum at the start, cosine to 1 (DINO: 0.996 over
-    # hundreds of epochs; with a few hundred steps 0.996 leaves the teacher near its random init)
-    knn_images: int = 2_048  # DINO: labelled training images in the k-NN evaluation's bank
-    amp: Switch = "auto"  # bf16 autocast: "auto" = on CUDA only
-    compile: Switch = "auto"  # torch.compile: "auto" = on CUDA only
-
-    def __post_init__(self) -> None:
-        for name, minimum in (("steps", 1), ("batch_size", 1), ("warmup_steps", 0), ("eval_every", 1),
-                              ("eval_images", 1), ("stats_images", 1), ("checkpoint_every", 1),
-                              ("dino_dim", 2), ("knn_images", 1)):
-            _check_int(name, getattr(self, name), minimum)
-        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "label_smoothing", "mixup", "cutmix"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
-        if not self.lr > 0 or self.min_lr > self.lr:
-            raise ConfigError(f"need 0 < min_lr <= lr, got lr={self.lr!r}, min_lr={self.min_lr!r}")
-        if not self.label_smoothing < 1:
-            raise ConfigError(f"label_smoothing must be < 1, got {self.label_smoothing!r}")
-        if not (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)):
-            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
-        _check_choice("loss", self.loss, Literal["ce", "bce"])
-        _check_choice("objective", self.objective, Literal["supervised", "dino"])
-        if not 0 <= self.dino_momentum < 1:
-            raise ConfigError(f"dino_momentum must be in [0, 1), got {self.dino_momentum!r}")
-        if self.objective == "dino" and (self.mixup or self.cutmix or self.label_smoothing or self.loss != "ce"):
-            raise ConfigError("objective='dino' uses no labels: mixup, cutmix, label_smoothing and loss do not apply")
-        _check_choice("amp", self.amp, Switch)
-        _check_choice("compile", self.compile, Switch)
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything that decides a trained model: architecture, data, recipe, seed (the cache key)."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=ScenesConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        _check_int("seed", self.seed, 0)
-        if self.model.img_size != self.data.img_size:
-            raise ConfigError(f"model img_size={self.model.img_size} but data img_size={self.data.img_size}")
-        if (isinstance(self.data, (ScenesConfig, FractalConfig)) and self.train.objective == "supervised"
-                and self.model.num_classes != self.data.num_classes):
-            raise ConfigError(f"model num_classes={self.model.num_classes} but the {self.data.kind} have "
-                              f"{self.data.num_classes} classes")
-        if self.train.objective == "dino":
-            if self.model.num_classes != 0:
-                raise ConfigError(f"objective='dino' trains no classifier: set num_classes=0, got "
-                                  f"{self.model.num_classes}")
-        elif self.model.num_classes == 0:
-            raise ConfigError("supervised training needs num_classes >= 1")
-
+# The modules whose code decides what a trained run contains: part of every run's cache key.
+TRAIN_CODE = ("model.py", "scenes.py", "data.py", "train.py", "selfsup.py", "summaries.py")
 
 @dataclass
 class TrainedRun:
@@ -156,30 +77,22 @@ def _step_seed(seed: int, step: int) -> int:
 
 
 def _augment(x: Tensor, y: Tensor, cfg: TrainConfig, num_classes: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Flip, then Mixup or CutMix; returns images and soft targets ``(B, num_classes)``."""
-    B = x.shape[0]
+    """Flip, then timm's Mixup or CutMix (one per batch); returns images and soft targets ``(B, num_classes)``."""
+    from timm.data.mixup import Mixup, mixup_target
+
     if cfg.hflip:
-        flip = (torch.rand(B, generator=gen) < 0.5).to(x.device)
+        flip = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device)
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    eps = cfg.label_smoothing
-    target = F.one_hot(y, num_classes).float() * (1 - eps) + eps / num_classes  # (B, C)
-    modes = [m for m, a in (("mixup", cfg.mixup), ("cutmix", cfg.cutmix)) if a > 0]
-    if modes:
-        mode = modes[int(torch.randint(len(modes), (1,), generator=gen))]
-        alpha = cfg.mixup if mode == "mixup" else cfg.cutmix
-        lam = float(np.random.default_rng(int(torch.randint(2**31, (1,), generator=gen))).beta(alpha, alpha))
-        if mode == "mixup":
-            x = lam * x + (1 - lam) * x.flip(0)
-        else:  # paste a box of the batch-reversed images; lam = the area left untouched
-            H, W = x.shape[-2:]
-            h, w = int(H * math.sqrt(1 - lam)), int(W * math.sqrt(1 - lam))
-            cy, cx = (int(torch.randint(n, (1,), generator=gen)) for n in (H, W))
-            y0, y1, x0, x1 = max(cy - h // 2, 0), min(cy + h // 2, H), max(cx - w // 2, 0), min(cx + w // 2, W)
-            x = x.clone()
-            x[..., y0:y1, x0:x1] = x.flip(0)[..., y0:y1, x0:x1]
-            lam = 1 - (y1 - y0) * (x1 - x0) / (H * W)
-        target = lam * target + (1 - lam) * target.flip(0)
-    return x, target
+    if not (cfg.mixup or cfg.cutmix):
+        return x, mixup_target(y, num_classes, smoothing=cfg.label_smoothing)
+    mix = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
+                num_classes=num_classes)
+    state = np.random.get_state()  # timm draws from numpy's global generator: seed it from this step
+    np.random.seed(int(torch.randint(2**31, (1,), generator=gen)))
+    try:
+        return mix(x.clone(), y)
+    finally:
+        np.random.set_state(state)
 
 
 def _loss(logits: Tensor, target: Tensor, kind: str) -> Tensor:
@@ -243,23 +156,19 @@ def train(run: RunConfig, *, root: Path | str | None = None, device: str | torch
     t0 = time.perf_counter()
     dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     show = progress if progress is not None else os.environ.get("REGVIT_PROGRESS", "1") != "0"
-    store = RunStore(run, root)
-    if store.is_complete():
-        try:
-            state, result = store.load_result()
-            model = build_model(run.model, seed=run.seed, device=dev)
-            model.load_state_dict(state)
-            return TrainedRun(model.eval(), run, store.key, result["metrics"], result["curves"], store.dir,
-                              cached=True, seconds=time.perf_counter() - t0)
-        except CacheCorruptError as e:
-            moved = [store.set_aside(p) for p in (e.path, store.result_path)]
-            warnings.warn(f"{e}; set aside as {[str(m) for m in moved if m]} and retraining this run",
-                          stacklevel=2)
+    store = Store("runs", run, TRAIN_CODE, root)
+    stored = store.load_or_set_aside()
+    if stored is not None:
+        result, state = stored
+        model = build_model(run.model, seed=run.seed, device=dev)
+        model.load_state_dict(state or {})
+        return TrainedRun(model.eval(), run, store.key, result["metrics"], result["curves"], store.dir,
+                          cached=True, seconds=time.perf_counter() - t0)
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if dev.type == "cuda" else []):
         return _fit(run, store, dev, show, on_step, t0)
 
 
-def _fit(run: RunConfig, store: RunStore, dev: torch.device, show: bool,
+def _fit(run: RunConfig, store: Store, dev: torch.device, show: bool,
          on_step: Callable[[int], None] | None, t0: float) -> TrainedRun:
     from .flops import count_flops  # local: only training needs the FLOP counter
 
@@ -288,7 +197,7 @@ def _fit(run: RunConfig, store: RunStore, dev: torch.device, show: bool,
                 dino.load_state_dict(ck["dino"])
             start, curves, acc = int(ck["step"]), json.loads(ck["curves"]), json.loads(ck["acc"])
         except (CacheCorruptError, KeyError, RuntimeError, ValueError) as e:
-            moved = store.set_aside(store.checkpoint_path)
+            moved = set_aside(store.checkpoint_path)
             warnings.warn(f"unusable checkpoint {store.checkpoint_path} ({e}); set aside as {moved}, "
                           "training this run from the start", stacklevel=3)
             return _fit(run, store, dev, show, on_step, t0)
@@ -371,8 +280,8 @@ def _fit(run: RunConfig, store: RunStore, dev: torch.device, show: bool,
         "train_img_per_s": trained_images / max(acc["step_s"], 1e-9),
         "resumed_from": start, "device": str(dev), "torch": torch.__version__,
     }
-    store.save_result({k: v.detach().cpu() for k, v in kept.state_dict().items()},
-                      {"metrics": metrics, "curves": curves})
+    store.save_result({"metrics": metrics, "curves": curves},
+                      {k: v.detach().cpu() for k, v in kept.state_dict().items()})
     return TrainedRun(kept.eval(), run, store.key, metrics, curves, store.dir, cached=False,
                       seconds=time.perf_counter() - t0)
 

@@ -16,9 +16,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .model import Block, RegViT
+from .model import Block, RegViT, patchify
 
-__all__ = ["Step", "patchify", "walkthrough", "steps_table"]
+__all__ = ["Step", "walkthrough", "steps_table"]
 
 
 @dataclass(frozen=True)
@@ -32,20 +32,6 @@ class Step:
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.tensor.shape)
-
-
-def patchify(images: Tensor, patch_size: int) -> Tensor:
-    """Cut ``(B, C, H, W)`` images into flattened patches ``(B, N, C * P * P)``, row-major.
-
-    Each patch is flattened in (channel, row, column) order, the order of the patch-embedding
-    convolution's weight, so ``patchify(x, P) @ E`` equals the convolution.
-    """
-    B, C, H, W = images.shape
-    if H % patch_size or W % patch_size:
-        raise ValueError(f"image size {H}x{W} is not divisible by patch_size={patch_size}")
-    x = images.unfold(2, patch_size, patch_size).unfold(3, patch_size, patch_size)  # (B, C, gh, gw, P, P)
-    x = x.permute(0, 2, 3, 1, 4, 5)  # (B, gh, gw, C, P, P)
-    return x.reshape(B, (H // patch_size) * (W // patch_size), C * patch_size * patch_size)
 
 
 def _same(name: str, ours: Tensor, ref: Tensor, atol: float = 1e-5) -> None:

@@ -2,8 +2,8 @@ import dataclasses
 
 import pytest
 
-from regvit_lib import PROFILES, ConfigError, ModelConfig, default_profile_name, get_profile, vit_config
-from regvit_lib.profiles import PROFILE_ENV_VAR, Profile
+from regvit_lib import PROFILES, ConfigError, ModelConfig, chapter_params, default_profile_name, get_profile, vit_config
+from regvit_lib.config import PROFILE_ENV_VAR, Profile
 
 
 def test_profiles_are_frozen_and_named() -> None:
@@ -85,3 +85,31 @@ def test_vit_sizes() -> None:
 def test_profile_seed_validated() -> None:
     with pytest.raises(ConfigError, match="seed must be >= 0, got -1"):
         Profile(name="x", description="", seed=-1)
+
+
+@pytest.mark.parametrize("params, message", [
+    (dict(rerun_study="maybe"), r"parameter rerun_study='maybe' \(str\) is not True or False"),
+    (dict(rerun_study=1), r"parameter rerun_study=1 \(int\) is not True or False"),
+    (dict(probe_images=True), r"parameter probe_images=True \(bool\) is not an integer >= 8"),
+    (dict(probe_images="400"), r"parameter probe_images='400' \(str\)"),
+    (dict(probe_images=4), r"parameter probe_images=4 \(int\) is not an integer >= 8"),
+    (dict(k=1.0), r"parameter k=1.0 \(float\) is not a number > 1"),
+    (dict(k=float("nan")), r"parameter k=nan"),
+    (dict(registers=0), r"parameter registers=0 \(int\) is not an integer >= 1"),
+    (dict(num_registers=-1), r"parameter num_registers=-1"),
+    (dict(pretrained="dinov3"), r"parameter pretrained='dinov3' \(str\) is not None or one of"),
+    (dict(profile="laptop"), r"parameter profile='laptop' \(str\) is not one of \['cpu', 'gpu', 'smoke'\]"),
+    (dict(profile=None), r"parameter profile=None \(NoneType\)"),
+    (dict(rerun=True), r"unknown chapter parameter 'rerun'"),
+])
+def test_chapter_parameters_are_checked_at_the_door(params: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        chapter_params(profile="smoke", **{k: v for k, v in params.items() if k != "profile"}) \
+            if "profile" not in params else chapter_params(**params)
+
+
+def test_good_chapter_parameters_give_the_profile(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert chapter_params(profile="cpu", rerun_study=False, probe_images=400, k=4, pretrained=None) is PROFILES["cpu"]
+    assert chapter_params(profile="smoke", pretrained="dinov2-l-reg", registers=4).name == "smoke"
+    monkeypatch.setenv(PROFILE_ENV_VAR, "smoke")
+    assert chapter_params(k=4.0) is PROFILES["smoke"]

@@ -10,8 +10,10 @@ import torch
 from PIL import Image
 
 from regvit_lib import ConfigError, ImageData, ScenesConfig, make_source, normalize, render_scenes
-from regvit_lib.data import BACKGROUNDS, SHAPES, batch_indices, scene_stats
-from regvit_lib.profiles import get_profile
+from regvit_lib.config import BACKGROUNDS, SHAPES
+from regvit_lib.data import batch_indices
+from regvit_lib.scenes import scene_stats
+from regvit_lib.config import get_profile
 
 CFG = ScenesConfig(img_size=48, object_texture=0.5, train_size=1_000, val_size=300, test_size=300)
 

@@ -6,7 +6,8 @@ import torch
 
 from regvit_lib import ConfigError
 from regvit_lib.analysis import collect, detect_outliers
-from regvit_lib.pretrained import PRETRAINED, load_pretrained, photos, resolve, twin
+from regvit_lib.data import photos
+from regvit_lib.pretrained import PRETRAINED, load_pretrained, resolve, twin
 
 
 def test_names_resolve_and_twins_pair_up() -> None:

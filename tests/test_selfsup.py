@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from regvit_lib import ConfigError, ModelConfig, RunConfig, ScenesConfig, TrainConfig, build_model, train
-from regvit_lib.data import make_source
 from regvit_lib.selfsup import Dino, dino_loss, knn_accuracy, two_views
 
 DATA = ScenesConfig(img_size=24, max_per_shape=2, train_size=256, val_size=32, test_size=32)

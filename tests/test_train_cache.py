@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from regvit_lib import CacheCorruptError, ConfigError, ModelConfig, RunConfig, ScenesConfig, TrainConfig, train
-from regvit_lib.cache import RunStore, code_version, config_key
-from regvit_lib.profiles import get_profile
-from regvit_lib.train import get_lr
+from regvit_lib.cache import Store, code_version
+from regvit_lib.config import get_profile
+from regvit_lib.train import TRAIN_CODE, get_lr
 
 DATA = ScenesConfig(img_size=24, max_per_shape=2, train_size=256, val_size=32, test_size=32)
 RUN = RunConfig(
@@ -77,7 +77,7 @@ def test_resume_equals_uninterrupted(tmp_path) -> None:
     whole = train(RUN, root=tmp_path / "whole", progress=False)
     with pytest.raises(Interrupt):
         train(RUN, root=tmp_path / "cut", progress=False, on_step=_stop_at(8))
-    store = RunStore(RUN, tmp_path / "cut")
+    store = Store("runs", RUN, TRAIN_CODE, tmp_path / "cut")
     assert store.checkpoint_path.exists() and not store.is_complete()
     resumed = train(RUN, root=tmp_path / "cut", progress=False)
     assert resumed.metrics["resumed_from"] == 5 and not resumed.cached
@@ -123,7 +123,7 @@ def test_corrupt_files_are_reported_set_aside_and_only_that_run_retrained(tmp_pa
 def test_corrupt_checkpoint_restarts_the_run(tmp_path) -> None:
     with pytest.raises(Interrupt):
         train(RUN, root=tmp_path, progress=False, on_step=_stop_at(6))
-    store = RunStore(RUN, tmp_path)
+    store = Store("runs", RUN, TRAIN_CODE, tmp_path)
     store.checkpoint_path.write_bytes(b"not a checkpoint")
     with pytest.warns(UserWarning, match="unusable checkpoint"):
         r = train(RUN, root=tmp_path, progress=False)
@@ -132,21 +132,24 @@ def test_corrupt_checkpoint_restarts_the_run(tmp_path) -> None:
 
 
 def test_loads_refuse_pickled_objects(tmp_path) -> None:
-    store = RunStore(RUN, tmp_path)
+    store = Store("runs", RUN, TRAIN_CODE, tmp_path)
     store.save_tensors(store.checkpoint_path, {"payload": Interrupt()})  # not a tensor type
     with pytest.raises(CacheCorruptError, match="checkpoint.pt"):
         store.load_tensors(store.checkpoint_path)
 
 
 def test_key_covers_every_field_and_the_code() -> None:
-    base, doc = config_key(RUN)
-    assert doc["code"] == code_version() and len(base) == 64
+    store = Store("runs", RUN, TRAIN_CODE)
+    base, doc = store.key, store.doc
+    assert doc["code"] == code_version(TRAIN_CODE) and len(base) == 64
     variants = [replace(RUN, seed=1), replace(RUN, train=replace(RUN.train, lr=2e-3)),
                 replace(RUN, model=replace(RUN.model, num_registers=2)),
                 replace(RUN, data=replace(DATA, backgrounds=("flat",)))]
-    keys = {config_key(v)[0] for v in variants}
+    keys = {Store("runs", v, TRAIN_CODE).key for v in variants}
     assert len(keys) == len(variants) and base not in keys
-    assert config_key(RUN)[0] == base
+    assert Store("runs", RUN, TRAIN_CODE).key == base
+    assert Store("register-grid", RUN, TRAIN_CODE).key != base  # the kind is part of the key
+    assert Store("runs", RUN, TRAIN_CODE + ("probes.py",)).key != base  # and so is the code named
 
 
 def test_run_config_validation() -> None:

@@ -7,7 +7,8 @@ import torch
 from regvit_lib import ModelConfig, build_model, get_profile, plots
 from regvit_lib.data import sample_photo
 from regvit_lib.flops import register_overhead_table
-from regvit_lib.walkthrough import patchify, steps_table, walkthrough
+from regvit_lib.model import patchify
+from regvit_lib.walkthrough import steps_table, walkthrough
 
 
 @pytest.mark.parametrize(

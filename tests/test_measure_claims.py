@@ -1,13 +1,13 @@
-"""Chapter helpers (book.py) at smoke scale, and the claims file: rules, merging, corrupt files."""
+"""Chapter measurements (measure.py) at smoke scale, and the claims file: rules, merging, corrupt files."""
 
 import json
 
 import pytest
 import torch
 
-from regvit_lib import book, claims
-from regvit_lib.analysis import detect_outliers
-from regvit_lib.profiles import get_profile
+from regvit_lib import claims, measure
+from regvit_lib.analysis import detect_outliers, ratio_per_layer
+from regvit_lib.config import get_profile
 
 SMOKE = get_profile("smoke")
 
@@ -19,7 +19,7 @@ def subjects(tmp_path_factory):
     old = os.environ.get("REGVIT_CACHE")
     os.environ["REGVIT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     try:
-        yield [book.load_subject(SMOKE, registers=r, images=64) for r in (0, 2)]
+        yield [measure.load_subject(SMOKE, registers=r, images=64) for r in (0, 2)]
     finally:
         if old is None:
             del os.environ["REGVIT_CACHE"]
@@ -32,53 +32,51 @@ def test_subject_holds_one_pass_over_labelled_scenes(subjects) -> None:
     assert s0.feats.blocks.shape[:2] == (64, SMOKE.model.depth) and s0.scenes.seg.shape[0] == 64
     assert s2.model.cfg.num_registers == 2 and s2.run is not None and s2.run.cached is False
     assert 0 <= s0.layer < SMOKE.model.depth and s0.scale == "smoke"
-    r = book.norm_report(s0)
+    r = measure.norm_report(s0)
     assert 0 <= r["share"] <= 1 and r["ratio_max"] >= r["ratio_mean"] >= 1
     assert 0 < r["background_patches"] < 1
-    assert book.share_per_layer(s0).shape == (SMOKE.model.depth,)
-    assert book.ratio_per_layer(s0.feats).shape == (64, SMOKE.model.depth)
-    assert set(book.layer_norms(s2)) == {"cls", "reg", "patch"}
-    assert list(book.register_maps(s2)) == ["[CLS]", "register 0", "register 1", "PCA of patches"]
-    t = book.sinks(s2)
-    assert len(t) == SMOKE.model.depth and set(t["sink on"]) <= {"cls", "reg", "patch"}
-    assert t["sink mass"].between(0, 1).all()
+    assert measure.share_per_layer(s0).shape == (SMOKE.model.depth,)
+    assert ratio_per_layer(s0.feats).shape == (64, SMOKE.model.depth)
+    assert set(measure.layer_norms(s2)) == {"cls", "reg", "patch"}
+    assert list(measure.register_maps(s2)) == ["[CLS]", "register 0", "register 1", "PCA of patches"]
+    t = measure.sinks(s2)
+    assert len(t) == SMOKE.model.depth and set(t["sink_on"]) <= {"cls", "reg", "patch"}
+    assert t["sink_mass"].between(0, 1).all()
 
 
 def test_tables_have_a_row_per_model(subjects) -> None:
-    dense = book.dense_table(subjects)
+    dense = measure.dense_table(subjects)
     assert list(dense["model"]) == [s.name for s in subjects]
-    assert dense["segmentation (mIoU)"].between(0, 1).all() and (dense["depth (RMSE)"] > 0).all()
-    assert book.object_discovery(subjects)["LOST corloc"].between(0, 1).all()
+    assert dense["segmentation_miou"].between(0, 1).all() and (dense["depth_rmse"] > 0).all()
+    assert measure.object_discovery(subjects)["corloc"].between(0, 1).all()
 
 
 def test_planted_control_passes_c1_and_c4_rules(subjects) -> None:
     """What the claims pipeline says when outliers are there: the positive control."""
     s0 = subjects[0]
-    planted = book.planted(s0)
+    planted = measure.planted(s0)
     assert planted is not None
     found = detect_outliers(planted, s0.layer)
     assert found.share == pytest.approx(2 / SMOKE.model.num_patches, abs=0.02)
     assert claims.verdict("C1", {"share": found.share})[0] == "reproduced"
-    row = book.local_and_global(s0, planted)
-    c4 = {"share": found.share, "position_top1_normal": row["position top-1, normal"],
-          "position_top1_outlier": row["position top-1, outlier"], "pixel_l2_normal": row["pixel L2, normal"],
-          "pixel_l2_outlier": row["pixel L2, outlier"]}
-    assert row["pixel L2, outlier"] > row["pixel L2, normal"]
+    row = measure.local_and_global(s0, planted)
+    c4 = {"share": found.share, **{key: row[key] for key in claims.NEEDS["C4"][1:]}}
+    assert row["pixel_l2_outlier"] > row["pixel_l2_normal"]
     assert claims.verdict("C4", c4)[0] in ("reproduced", "partly")
 
 
 def test_size_ladder_divides_heads() -> None:
     for name in ("smoke", "cpu", "gpu"):
         p = get_profile(name)
-        widths = book.size_ladder(p)
+        widths = measure.size_ladder(p)
         assert p.model.embed_dim in widths and all(w % p.model.num_heads == 0 for w in widths)
 
 
 def test_pretrained_without_a_register_twin_is_refused_before_any_download() -> None:
     with pytest.raises(ValueError, match="has no twin with registers"):
-        book.load_subject(SMOKE, registers=4, pretrained="deit3-b")
+        measure.load_subject(SMOKE, registers=4, pretrained="deit3-b")
     with pytest.raises(ValueError, match="images must be an int >= 4"):
-        book.load_subject(SMOKE, images=2)
+        measure.load_subject(SMOKE, images=2)
 
 
 @pytest.mark.parametrize("claim,measured,expected", [
@@ -120,3 +118,35 @@ def test_record_merges_writes_json_and_refuses_a_corrupt_file(tmp_path) -> None:
     assert path.read_text() == "{not json"  # left for inspection, not overwritten
     with pytest.raises(KeyError, match="unknown claim 'C9'"):
         claims.verdict("C9", {})
+
+
+def test_a_rule_names_the_measured_keys_it_misses() -> None:
+    with pytest.raises(KeyError, match=r"claim C4 needs the measured keys \['pixel_l2_outlier'\]"):
+        claims.verdict("C4", {"share": 0.02, "position_top1_normal": 0.4, "position_top1_outlier": 0.2,
+                              "pixel_l2_normal": 0.1})
+    with pytest.raises(KeyError, match="claim C7 needs"):
+        claims.verdict("C7", {"without": {}})
+
+
+def test_builders_give_every_rule_its_keys(subjects) -> None:
+    """The chapters' measured dictionaries come from claims' builders, with the keys each rule reads."""
+    s0, s2 = subjects
+    report, probes = measure.norm_report(s0), measure.local_and_global(s0)
+    built = claims.high_norm_claims(report, probes, s0.model.cfg.depth, [{"share": 0.0, "params": 10}], 4.0)
+    reports = [measure.norm_report(s) for s in subjects]
+    sinks = [measure.sinks(s).iloc[-1] for s in subjects]
+    dense = measure.dense_table(subjects).to_dict("records")
+    corloc = list(measure.object_discovery(subjects)["corloc"])
+    built |= claims.register_claims(reports, sinks, dense, corloc)
+    summary = [{"registers": r, "share": 0.0, "ratio_mean": 1.5, "sink_mass": 0.5, "segmentation_miou": 0.2,
+                "depth_rmse": 0.2, "classification": (30 + r) / 100, "test_acc": 0.3} for r in (0, 1, 4)]
+    built |= claims.ablation_claims(summary)
+    rows = [{"img_size": size, "antialias": aa, "share": 0.0, "stripe": 0.1, "accuracy": 0.5}
+            for size in (16, 64) for aa in (True, False)]
+    built |= claims.resolution_claim(rows, trained_at=32)
+    assert sorted(built) == sorted(claims.CLAIMS)
+    for claim, m in built.items():
+        assert set(claims.NEEDS[claim]) <= set(m), claim
+        assert claims.verdict(claim, m)[0] in ("reproduced", "partly", "not at this scale")
+    assert built["C7"]["with"] == {key: dense[1][key] for key in ("classification", "segmentation_miou", "depth_rmse")}
+    assert built["A3"]["acc_by_count"] == {"0": 0.3, "1": 0.31, "4": 0.34} and built["A4"]["img_size"] == 16

@@ -1,10 +1,11 @@
-"""What the chapters study: a model, the labelled scenes it is probed on, and what they show.
+"""What the chapters measure: a model, the labelled scenes it is probed on, and what they show.
 
 A chapter says which model (the profile's, with some registers, or a pretrained one) and gets a
 :class:`Subject`: the model, one forward pass over labelled scenes (every token and attention
 map), and the block where its norms are read. The functions below turn a subject into the
-numbers and tables of chapters 2 and 3 (the paper's Sec. 2 and Sec. 3); the figures are in
-:mod:`regvit_lib.plots`, the claims file in :mod:`regvit_lib.claims`.
+numbers and tables of chapters 2 and 3 (the paper's Sec. 2 and Sec. 3) as snake_case records;
+:mod:`regvit_lib.labels` names their columns for display, :mod:`regvit_lib.plots` draws them and
+:mod:`regvit_lib.claims` turns them into verdicts.
 
 For a pretrained model (``pretrained="dinov2-g"``, needs the model hub) the scenes are rendered
 at the model's input size, so the probes that need labels (segmentation, depth, boxes, class)
@@ -23,18 +24,18 @@ import torch
 from torch import Tensor
 
 from .analysis import (OUTLIER_K, Features, attention_to_patches, collect, detect_outliers, lost_keys,
-                       neighbour_similarity, pca_rgb, positive_control, sink_summary, tokens_at,
-                       top_token_placement)
-from .data import SceneBatch, ScenesConfig, render_scenes
+                       neighbour_similarity, pca_rgb, peak_layer, positive_control, tokens_at, top_token_placement)
+from .config import Profile, ScenesConfig
+from .data import photos
 from .model import RegViT, count_parameters
 from .probes import corloc, dense_probes, lost, probe_summary
-from .profiles import Profile
-from .study import background_patches
+from .scenes import SceneBatch, background_patches, render_scenes
+from .summaries import sink_summary
 from .train import TrainedRun, train
 
-__all__ = ["Subject", "load_subject", "ratio_per_layer", "norm_report", "sinks", "dense_table",
-           "register_maps", "object_discovery", "local_and_global", "neighbour_table", "layer_norms", "planted",
-           "size_ladder", "size_sweep", "share_per_layer", "peak_layer"]
+__all__ = ["Subject", "load_subject", "norm_report", "sinks", "dense_table", "register_maps", "object_discovery",
+           "local_and_global", "neighbour_table", "layer_norms", "planted", "size_ladder", "size_sweep",
+           "share_per_layer"]
 
 
 @dataclass
@@ -54,19 +55,6 @@ class Subject:
     @property
     def params(self) -> int:
         return count_parameters(self.model)
-
-
-def ratio_per_layer(feats: Features) -> Tensor:
-    """``(B, L)``: per image and block, the largest patch norm over the image's median patch norm."""
-    n = feats.blocks[:, :, feats.cfg.num_prefix_tokens :].norm(dim=-1)  # (B, L, N)
-    return n.amax(-1) / n.median(dim=-1).values
-
-
-def peak_layer(feats: Features) -> int:
-    """The block (>= 1 when there are several) with the largest mean per-image max/median ratio."""
-    r = ratio_per_layer(feats).mean(0)  # (L,)
-    start = 1 if len(r) > 1 else 0  # block 0 reacts to the raw contrast of the input
-    return start + int(r[start:].argmax())
 
 
 def load_subject(profile: Profile, registers: int = 0, pretrained: str | None = None, images: int = 400,
@@ -92,7 +80,7 @@ def load_subject(profile: Profile, registers: int = 0, pretrained: str | None = 
         extra = ", ".join(f"{k}={v}" for k, v in model_overrides.items())
         name = f"{profile.name}, {registers} register{'s' * (registers != 1)}" + (f", {extra}" if extra else "")
     else:
-        from .pretrained import load_pretrained, photos, resolve, twin
+        from .pretrained import load_pretrained, resolve, twin
 
         full = resolve(pretrained)
         if ("_reg4_" in full) != (registers > 0):
@@ -125,8 +113,7 @@ def norm_report(subject: Subject, k: float = OUTLIER_K, layer: int | None = None
     layer = subject.layer if layer is None else layer
     out = detect_outliers(subject.feats, layer, k)
     per_image = out.ratio.amax(-1)
-    bg = background_patches(subject.data, subject.scenes.image, np.arange(len(subject.scenes.image)),
-                            subject.model.cfg.patch_size)
+    bg = background_patches(subject.scenes.seg, subject.model.cfg.patch_size)
     return {"layer": layer, "share": out.share, "norm_ratio": out.norm_ratio,
             "ratio_mean": float(per_image.mean()), "ratio_max": float(per_image.max()),
             **top_token_placement(subject.feats, bg, layer)}
@@ -144,21 +131,19 @@ def layer_norms(subject: Subject, layer: int | None = None) -> dict[str, Tensor]
 
 
 def sinks(subject: Subject) -> pd.DataFrame:
-    """Per block, the strongest attention sink: its share of the patch queries' attention, which
-    token it is ([CLS], a register, a patch), and how often it is the same token across images."""
+    """Per block, the strongest attention sink: ``sink_mass`` (its share of the patch queries'
+    attention), ``sink_on`` (``cls``, ``reg`` or ``patch``) and ``same_token`` (how often it is the
+    same token across images)."""
     rows = sink_summary(subject.feats.attn, subject.model.cfg) if subject.feats.attn is not None else []
-    return pd.DataFrame([{"block": i, "sink mass": r["mass"], "sink on": max(r["kind"], key=r["kind"].get),
-                          "same token": r["fixed"]} for i, r in enumerate(rows)])
+    return pd.DataFrame([{"block": i, "sink_mass": r["mass"], "sink_on": max(r["kind"], key=r["kind"].get),
+                          "same_token": r["fixed"]} for i, r in enumerate(rows)])
 
 
 def dense_table(subjects: list[Subject], seed: int = 0) -> pd.DataFrame:
-    """The paper's Table 2 for our subjects: linear probes for class, segmentation and depth."""
-    rows = []
-    for s in subjects:
-        d = dense_probes(s.feats, s.scenes.seg, s.scenes.depth, num_seg_classes=1 + len(s.data.shapes), seed=seed)
-        rows.append({"model": s.name, "classification (acc)": d.classification,
-                     "segmentation (mIoU)": d.segmentation_miou, "depth (RMSE)": d.depth_rmse})
-    return pd.DataFrame(rows)
+    """The paper's Table 2 for our subjects: ``classification``, ``segmentation_miou``, ``depth_rmse``."""
+    return pd.DataFrame([{"model": s.name, **dense_probes(s.feats, s.scenes.seg, s.scenes.depth,
+                                                         num_seg_classes=1 + len(s.data.shapes), seed=seed).as_dict()}
+                         for s in subjects])
 
 
 def object_discovery(subjects: list[Subject]) -> pd.DataFrame:
@@ -166,7 +151,7 @@ def object_discovery(subjects: list[Subject]) -> pd.DataFrame:
     rows = []
     for s in subjects:
         boxes = lost(lost_keys(s.model, s.feats), s.feats.grid, s.model.cfg.patch_size)
-        rows.append({"model": s.name, "LOST corloc": corloc(boxes, s.scenes.boxes, s.scenes.box_valid)})
+        rows.append({"model": s.name, "corloc": corloc(boxes, s.scenes.boxes, s.scenes.box_valid)})
     return pd.DataFrame(rows)
 
 
@@ -189,7 +174,8 @@ def register_maps(subject: Subject, features: Features | None = None, layer: int
 
 def local_and_global(subject: Subject, features: Features | None = None, k: float = OUTLIER_K,
                      seed: int = 0) -> dict[str, float]:
-    """Fig. 5b and Table 1 in one row: position / pixel probes and single-token class probes."""
+    """Fig. 5b and Table 1 in one record: position / pixel probes and single-token class probes
+    (:func:`regvit_lib.probes.probe_summary`)."""
     f = subject.feats if features is None else features
     return probe_summary(f, detect_outliers(f, subject.layer, k), subject.layer, seed)
 

@@ -1,6 +1,6 @@
 """The emergence study: at what scale and with what recipe do artifacts appear here?
 
-``python -m regvit_lib.study --profile cpu --out data/emergence`` trains (or reads from the
+``python -m regvit_lib.emergence --profile cpu --out data/emergence`` trains (or reads from the
 cache) every point of the study and writes one small JSON file; every row is stamped with the
 code version of the cache key, the git commit and the command that made it
 (``--axes objective`` re-runs one axis and keeps the file's other rows with their stamps): per run, its configuration hash, compute,
@@ -37,18 +37,20 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from torch import Tensor
 
 from .analysis import collect, top_token_placement
 from .cache import code_version
-from .data import DataConfig, FractalConfig, ScenesConfig, make_source, render_scenes
-from .profiles import Profile, get_profile
-from .summaries import RATIO_BINS
-from .train import RunConfig, TrainedRun, train
+from .config import FractalConfig, Profile, RunConfig, ScenesConfig, get_profile
+from .data import make_source
+from .scenes import background_patches, render_scenes
+from .summaries import RATIO_BINS, studied_block
+from .train import TRAIN_CODE, TrainedRun, train
 
-__all__ = ["study_points", "summarize", "study_row", "run_study", "in_study_order", "study_table", "load_study", "stored_study",
-           "headline", "verdict_text", "extrapolation_text", "gpu_status", "git_commit", "STUDY_DIR", "main"]
+__all__ = ["study_points", "summarize", "run_study", "study_table", "load_study", "stored_study", "headline",
+           "headline_texts", "COMPUTE_AXES", "STUDY_DIR", "main"]
 
+# The axes along which only the compute (and the seed) changes: the study's compute axis.
+COMPUTE_AXES = ("baseline", "compute", "seeds")
 # Where the stored study results live (committed; see data/README.md).
 STUDY_DIR = Path(__file__).resolve().parents[1] / "data" / "emergence"
 
@@ -111,30 +113,19 @@ def _share_above(hist: list[int], k: float) -> float:
 
 
 def _record_summary(rec: dict[str, Any], k: float) -> dict[str, Any]:
+    best = studied_block([layer["ratio_mean"] for layer in rec["norms"]])
     layers = rec["norms"][1:] or rec["norms"]  # blocks 1.. (block 0 reacts to input contrast)
-    best = max(range(len(layers)), key=lambda i: layers[i]["ratio_mean"])
     sinks = rec["sinks"]
     s = max(range(len(sinks)), key=lambda i: sinks[i]["mass"])
     return {
         "step": rec["step"], "train_flops": rec["train_flops"], "val_acc": rec["val_acc"],
-        "ratio_mean": layers[best]["ratio_mean"], "ratio_mean_layer": best + (len(rec["norms"]) > 1),
+        "ratio_mean": rec["norms"][best]["ratio_mean"], "ratio_mean_layer": best,
         "ratio_max": max(layer["ratio_max"] for layer in layers),
         "outlier_share": max(_share_above(layer["hist"], k) for layer in layers),
         "sink_mass": sinks[s]["mass"], "sink_layer": s, "sink_kind": max(sinks[s]["kind"], key=sinks[s]["kind"].get),
         "sink_fixed": sinks[s]["fixed"],
         "reg_norm": max((layer["reg"] for layer in layers if layer["reg"] is not None), default=None),
     }
-
-
-def background_patches(data: DataConfig, images: Tensor, indices: np.ndarray, patch: int) -> Tensor:
-    """``(B, N)`` bool: patches that hold no object pixel (scenes) or only black pixels (fractals)."""
-    if isinstance(data, ScenesConfig):
-        obj = render_scenes(data, "val", indices).seg > 0  # (B, H, W)
-    else:
-        obj = images.sum(1) > 0
-    B, H, _ = obj.shape
-    g = H // patch
-    return ~obj[:, : g * patch, : g * patch].reshape(B, g, patch, g, patch).any(4).any(2).reshape(B, g * g)
 
 
 def placement(run: TrainedRun, layer: int, n_images: int = 256) -> dict[str, float]:
@@ -150,8 +141,9 @@ def placement(run: TrainedRun, layer: int, n_images: int = 256) -> dict[str, flo
     idx = np.arange(min(n_images, src.split_size("val")))
     images, labels = src.batch("val", idx)
     feats = collect(run.model, images, labels, attn=False)
-    bg = background_patches(run.config.data, images, idx, run.config.model.patch_size)
-    return top_token_placement(feats, bg, layer)
+    data = run.config.data  # objects: a scene's segmentation; a fractal's non-black pixels
+    objects = render_scenes(data, "val", idx).seg if isinstance(data, ScenesConfig) else images.sum(1)
+    return top_token_placement(feats, background_patches(objects, run.config.model.patch_size), layer)
 
 
 def summarize(run: TrainedRun, k: float = 4.0) -> dict[str, Any]:
@@ -165,11 +157,6 @@ def summarize(run: TrainedRun, k: float = 4.0) -> dict[str, Any]:
             "curve": [_record_summary(rec, k) for rec in run.curves]}
 
 
-def study_row(axis: str, label: str, trained: TrainedRun, k: float, seconds: float) -> dict[str, Any]:
-    """The study's row of one point: its axis and label, how it was obtained, and :func:`summarize`."""
-    return {"axis": axis, "label": label, "cached": trained.cached, "call_seconds": seconds, **summarize(trained, k)}
-
-
 def run_study(profile: Profile, root: Path | str | None = None, progress: bool = False, k: float = 4.0,
               axes: set[str] | None = None) -> list[dict[str, Any]]:
     """Train or load every point of the study (or those of the given ``axes``); a row per point."""
@@ -179,29 +166,23 @@ def run_study(profile: Profile, root: Path | str | None = None, progress: bool =
             continue
         t = time.perf_counter()
         trained = train(run, root=root, progress=progress)
-        rows.append(study_row(axis, label, trained, k, time.perf_counter() - t))
-        r = rows[-1]
+        r = {"axis": axis, "label": label, "cached": trained.cached, "call_seconds": time.perf_counter() - t,
+             **summarize(trained, k)}
+        rows.append(r)
         took = "cached" if trained.cached else f"{r['call_seconds']:.0f} s"
         print(f"{axis:10s} {label:40s} ratio {r['final_ratio_mean']:.2f} sink {r['final_sink_mass']:.2f} "
               f"({r['final_sink_kind']}) acc {r['test_acc']:.3f} {took}", file=sys.stderr)
     return rows
 
 
-def in_study_order(rows: list[dict[str, Any]], profile: Profile) -> list[dict[str, Any]]:
-    """``rows`` sorted as :func:`study_points` lists their points (unknown labels last)."""
-    order = [label for _, label, _ in study_points(profile)]
-    return sorted(rows, key=lambda r: order.index(r["label"]) if r["label"] in order else len(order))
-
-
 def study_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """The study as a table: one row per run, the final evaluation's numbers."""
+    """The study as a table of snake_case records: one per run, the final evaluation's numbers."""
     return pd.DataFrame([{
-        "axis": r["axis"], "run": r["label"], "params (M)": r["params"] / 1e6,
-        "train PFLOPs": r["train_flops"] / 1e15, "test acc": r["test_acc"],
-        "max/median (mean over images)": r["final_ratio_mean"], "max/median (any image)": r["final_ratio_max"],
-        "outlier share": r["final_outlier_share"], "sink mass": r["final_sink_mass"],
-        "sink on": r["final_sink_kind"], "sink at a fixed token": r["final_sink_fixed"],
-        "largest token on background": r["top_on_background"], "background patches": r["background_patches"],
+        "axis": r["axis"], "run": r["label"], "params_m": r["params"] / 1e6, "train_pflops": r["train_flops"] / 1e15,
+        "test_acc": r["test_acc"], "ratio_mean": r["final_ratio_mean"], "ratio_max": r["final_ratio_max"],
+        "outlier_share": r["final_outlier_share"], "sink_mass": r["final_sink_mass"], "sink_on": r["final_sink_kind"],
+        "sink_fixed": r["final_sink_fixed"], "top_on_background": r["top_on_background"],
+        "background_patches": r["background_patches"],
     } for r in rows])
 
 
@@ -223,7 +204,7 @@ def stored_study(profile: str, folder: Path | str = STUDY_DIR) -> tuple[dict[str
         path = folder / f"{name}.json"
         if path.is_file():
             return load_study(path), path
-    raise FileNotFoundError(f"no stored study in {folder}; run: python -m regvit_lib.study --profile {profile}")
+    raise FileNotFoundError(f"no stored study in {folder}; run: python -m regvit_lib.emergence --profile {profile}")
 
 
 def headline(rows: list[dict[str, Any]], paper_ratio: float = 10.0, sink_level: float = 0.5) -> dict[str, Any]:
@@ -249,7 +230,7 @@ def headline(rows: list[dict[str, Any]], paper_ratio: float = 10.0, sink_level: 
     """
     best = max(rows, key=lambda r: r["final_ratio_mean"])
     sink = max(rows, key=lambda r: r["final_sink_mass"])
-    comp = sorted((r for r in rows if r["axis"] in ("compute", "baseline", "seeds")), key=lambda r: r["train_flops"])
+    comp = sorted((r for r in rows if r["axis"] in COMPUTE_AXES), key=lambda r: r["train_flops"])
     x = np.log10([r["train_flops"] for r in comp])
     y = np.array([r["final_ratio_mean"] for r in comp])
     slope, icpt = np.polyfit(x, y, 1) if len(set(x)) >= 2 else (0.0, float(y.mean()) if len(y) else 0.0)
@@ -285,58 +266,43 @@ def headline(rows: list[dict[str, Any]], paper_ratio: float = 10.0, sink_level: 
     }
 
 
-def verdict_text(h: dict[str, Any], k: float = 4.0) -> str:
-    """The study's verdict on norm outliers, in one sentence, from :func:`headline`."""
+def headline_texts(h: dict[str, Any], k: float = 4.0) -> dict[str, str]:
+    """The study's numbers as the chapter prints them (name -> text), from :func:`headline`."""
+    pct = lambda x: f"{100 * x:.0f}"  # noqa: E731
     if h["best_share"] == 0 and h["best_ratio"] < k:
-        return "No run develops high-norm outliers."
-    where = ("on background, where the paper's outliers sit" if h["share_on_background"] > h["share_background_patches"]
-             else "but its largest tokens lie on objects, not on the redundant background where the paper's "
-                  "outliers sit")
-    return (f"The most tokens above {k:g} times their image's median are in {h['share_run']}: "
-            f"{100 * h['best_share']:.2f} % of its patch tokens, {where}.")
-
-
-def extrapolation_text(h: dict[str, Any], paper_ratio: float = 10.0) -> str:
-    """Where the compute axis's straight line reaches ``paper_ratio``, in words, with the caveat
-    the numbers call for (a slope within two standard errors of zero means little)."""
+        verdict = "No run develops high-norm outliers."
+    else:
+        where = ("on background, where the paper's outliers sit" if h["share_on_background"] > h["share_background_patches"]
+                 else "but its largest tokens lie on objects, not on the redundant background where the paper's "
+                      "outliers sit")
+        verdict = (f"The most tokens above {k:g} times their image's median are in {h['share_run']}: "
+                   f"{100 * h['best_share']:.2f} % of its patch tokens, {where}.")
     if h["flops_to_paper"] is None:
-        return "never: the ratio does not grow with compute"
-    text = f"at {h['flops_to_paper']:.0e} training FLOPs"
-    if h["slope_se"] is not None and h["slope"] < 2 * h["slope_se"]:
-        text += (f", a number that means little: the slope, {h['slope']:+.2f} per tenfold compute, is within two "
-                 f"standard errors ({h['slope_se']:.2f} each) of zero")
-    return text
-
-
-def gpu_status(folder: Path | str = STUDY_DIR) -> str:
-    """One sentence for the book on the stored GPU study (``<folder>/gpu.json``), or on its absence.
-
-    Written by :mod:`regvit_lib.gpu_study`; the sentence gives the device, the measured bf16
-    matmul rate, the runs' MFU, the headline numbers, the runs still pending, and any run that
-    was resumed from a lossy (compact) pack.
-    """
-    path = Path(folder) / "gpu.json"
-    if not path.is_file():
-        return (f"No GPU run is stored yet (data/emergence/{path.name} does not exist): every number of "
-                "this study comes from a CPU.")
-    doc = load_study(path)
-    rows = doc["rows"]
-    if not rows:
-        return f"The stored GPU study ({doc.get('device')}) has no finished run yet."
-    h = headline(rows)
-    mfu = [r["mfu"] for r in rows if r.get("mfu") is not None]
-    lossy = [r["label"] for r in rows if any(e.get("lossy") for e in r.get("resumes", []))]
-    parts = [f"On {doc.get('device')} ({len(rows)} runs, up to {h['max_flops']:.1e} training FLOPs"
-             + (f"; bf16 matmul measured at {doc['matmul_tflops']:.0f} TFLOP/s, MFU "
-                f"{100 * min(mfu):.0f}-{100 * max(mfu):.0f} %" if mfu and doc.get("matmul_tflops") else "")
-             + f") the largest max/median ratio is {h['best_ratio']:.2f} ({h['run']}), at most "
-             f"{100 * h['best_share']:.2f} % of patch tokens pass the outlier rule, and the strongest sink takes "
-             f"{h['best_sink']:.2f} of the attention ({h['sink_kind']} token)."]
-    if doc.get("pending"):
-        parts.append(f"Still unfinished: {', '.join(p['label'] for p in doc['pending'])}.")
-    if lossy:
-        parts.append(f"Resumed from a compact pack (Adam moments restarted): {', '.join(lossy)}.")
-    return " ".join(parts)
+        extrapolation = "never: the ratio does not grow with compute"
+    else:
+        extrapolation = f"at {h['flops_to_paper']:.0e} training FLOPs"
+        if h["slope_se"] is not None and h["slope"] < 2 * h["slope_se"]:
+            extrapolation += (f", a number that means little: the slope, {h['slope']:+.2f} per tenfold compute, is "
+                              f"within two standard errors ({h['slope_se']:.2f} each) of zero")
+    return {
+        "best_ratio": f"{h['best_ratio']:.2f}", "best_run": h["run"], "best_layer": str(h["layer"]),
+        "best_ratio_any": f"{h['best_ratio_any']:.2f}", "best_share": f"{100 * h['best_share']:.2f}",
+        "best_sink": f"{h['best_sink']:.2f}", "sink_run": h["sink_run"], "sink_kind": h["sink_kind"],
+        "sink_fixed": pct(h["sink_fixed"]), "max_flops": f"{h['max_flops']:.1e}", "slope": f"{h['slope']:+.2f}",
+        "k": f"{k:g}", "top_bg": pct(h["top_on_background"]), "base_bg": pct(h["background_patches"]),
+        "top_sim": f"{h['top_similarity']:.2f}", "all_sim": f"{h['all_similarity']:.2f}",
+        "max_top_bg": pct(h["max_top_on_background"]),
+        "placement": "objects, the non-redundant patches; the paper's outliers sit on redundant background"
+                     if h["top_on_background"] < h["background_patches"] else
+                     "background, more often than chance: where the paper's outliers sit",
+        "verdict": verdict, "slope_se": "n/a" if h["slope_se"] is None else f"{h['slope_se']:.2f}",
+        "max_top_run": h["max_top_run"], "max_top_ratio": f"{h['max_top_ratio']:.2f}",
+        "max_top_kind": "a background token that stands out a little, not an outlier" if h["max_top_ratio"] < k
+                        else "an outlier on background, as in the paper",
+        "seed_sd": "n/a (one seed)" if h["seed_sd"] is None else f"{h['seed_sd']:.2f}",
+        "sink_onset": "never" if h["sink_onset"] is None else f"{h['sink_onset']:.1e}",
+        "sink_onset_step": str(h["sink_onset_step"]), "extrapolation": extrapolation,
+    }
 
 
 def git_commit() -> str | None:
@@ -363,8 +329,8 @@ def main(argv: list[str] | None = None) -> None:
     known = {a for a, _, _ in study_points(prof)}
     if args.axes is not None and not set(args.axes) <= known:
         ap.error(f"unknown axes {sorted(set(args.axes) - known)}; known: {sorted(known)}")
-    command = "python -m regvit_lib.study " + " ".join(argv if argv is not None else sys.argv[1:])
-    stamp = {"code": code_version(), "commit": git_commit(), "command": command}
+    command = "python -m regvit_lib.emergence " + " ".join(argv if argv is not None else sys.argv[1:])
+    stamp = {"code": code_version(TRAIN_CODE), "commit": git_commit(), "command": command}
     rows = [{**r, **stamp} for r in run_study(prof, k=args.k, axes=None if args.axes is None else set(args.axes))]
     out = Path(args.out)
     path = out / f"{prof.name}.json"
@@ -374,7 +340,8 @@ def main(argv: list[str] | None = None) -> None:
             ap.error(f"{path} was made with k={old.get('k')}, not {args.k}; re-run all axes")
         kept = [{**{key: old.get(key) for key in ("code", "commit", "command")}, **r}
                 for r in old["rows"] if r["axis"] not in set(args.axes)]
-        rows = in_study_order(kept + rows, prof)
+        order = [label for _, label, _ in study_points(prof)]  # study order; unknown labels last
+        rows = sorted(kept + rows, key=lambda r: order.index(r["label"]) if r["label"] in order else len(order))
     out.mkdir(parents=True, exist_ok=True)
     doc = {"command": command, "profile": prof.name, "k": args.k, **stamp, "rows": rows,
            "code_versions": sorted({r["code"] for r in rows})}

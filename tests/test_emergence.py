@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from regvit_lib import plots
-from regvit_lib.cache import config_key
-from regvit_lib.profiles import get_profile
-from regvit_lib.study import _share_above, run_study, study_points, study_table
+from regvit_lib.cache import Store
+from regvit_lib.config import get_profile
+from regvit_lib.emergence import COMPUTE_AXES, _share_above, headline, headline_texts, run_study, stored_study, study_points, study_table
 from regvit_lib.summaries import RATIO_BINS
+from regvit_lib.train import TRAIN_CODE
 
 matplotlib.use("Agg")
 
@@ -19,7 +20,7 @@ def test_every_point_is_a_distinct_run_and_every_axis_is_there() -> None:
     pts = study_points(get_profile("cpu"))
     assert {a for a, _, _ in pts} == {"baseline", "compute", "tokens", "pooling", "optimiser", "shape", "data",
                                       "objective", "registers", "seeds"}
-    keys = [config_key(r)[0] for _, _, r in pts]
+    keys = [Store("runs", r, TRAIN_CODE).key for _, _, r in pts]
     assert len(set(keys)) == len(keys)
     seeds = {(r.train.steps, r.seed) for a, _, r in pts if a in ("baseline", "compute", "seeds")}
     steps = get_profile("cpu").train.steps
@@ -43,8 +44,8 @@ def test_smoke_study_runs_and_summarises(tmp_path) -> None:
     again = run_study(get_profile("smoke"), root=tmp_path, axes={"baseline", "tokens"})
     assert all(r["cached"] for r in again)
     table = study_table(rows)
-    assert len(table) == len(rows) and table["max/median (mean over images)"].min() >= 1.0
-    assert set(table["sink on"]) <= {"cls", "reg", "patch"}
+    assert len(table) == len(rows) and table["ratio_mean"].min() >= 1.0
+    assert set(table["sink_on"]) <= {"cls", "reg", "patch"}
     row = rows[0]
     assert row["curve"][0]["step"] == 0 and row["curve"][-1]["step"] == get_profile("smoke").train.steps
     assert 0 <= row["top_on_background"] <= 1 and 0.3 < row["background_patches"] < 1
@@ -52,7 +53,7 @@ def test_smoke_study_runs_and_summarises(tmp_path) -> None:
     assert fractal["background_patches"] > row["background_patches"]  # black canvas: more background
     dino = [r for r in rows if r["axis"] == "objective"]
     assert len(dino) == 2 and all(0 <= r["test_acc"] <= 1 for r in dino)  # k-NN accuracy
-    fig = plots.emergence(rows)
+    fig = plots.emergence(rows, along=COMPUTE_AXES)
     assert len(fig.axes) == 2
 
 
@@ -64,8 +65,6 @@ def _row(axis: str, flops: float, ratio: float, sink: float = 0.5, share: float 
 
 
 def test_headline_bound_and_extrapolation() -> None:
-    from regvit_lib.study import headline
-
     rows = [_row("baseline", 1e13, 2.0), _row("compute", 1e14, 3.0), _row("compute", 1e15, 4.0),
             _row("data", 1e13, 2.5, sink=0.9)]
     h = headline(rows, paper_ratio=10.0)
@@ -74,19 +73,15 @@ def test_headline_bound_and_extrapolation() -> None:
     assert h["slope"] == pytest.approx(1.0) and h["flops_to_paper"] == pytest.approx(1e21, rel=1e-6)
     assert h["slope_se"] == pytest.approx(0.0, abs=1e-9)  # three points on a line
     assert (h["max_top_on_background"], h["max_top_run"], h["max_top_ratio"]) == (0.1, "baseline 1e+13", 2.0)
-    from regvit_lib.study import extrapolation_text
-
-    assert extrapolation_text(h) == "at 1e+21 training FLOPs"
-    from regvit_lib.study import verdict_text
-
-    assert verdict_text(headline([_row("baseline", 1e13, 2.0)])) == "No run develops high-norm outliers."
+    assert headline_texts(h)["extrapolation"] == "at 1e+21 training FLOPs"
+    assert headline_texts(headline([_row("baseline", 1e13, 2.0)]))["verdict"] == "No run develops high-norm outliers."
     some = headline(rows + [_row("data", 1e13, 2.0, share=0.02)])
     assert (some["share_run"], some["best_share"]) == ("data 1e+13", 0.02)
-    assert "data 1e+13: 2.00 %" in verdict_text(some) and "on objects" in verdict_text(some)  # 0.1 < 0.6
+    assert "data 1e+13: 2.00 %" in headline_texts(some)["verdict"] and "on objects" in headline_texts(some)["verdict"]  # 0.1 < 0.6
     noisy = headline(rows + [_row("seeds", 1e13, 3.5), _row("seeds", 1e15, 2.5)])
-    assert 0 < noisy["slope"] < 2 * noisy["slope_se"] and "means little" in extrapolation_text(noisy)
+    assert 0 < noisy["slope"] < 2 * noisy["slope_se"] and "means little" in headline_texts(noisy)["extrapolation"]
     flat = headline([_row("baseline", 1e13, 2.0), _row("compute", 1e14, 1.9)])
-    assert extrapolation_text(flat).startswith("never")
+    assert headline_texts(flat)["extrapolation"].startswith("never")
     assert flat["flops_to_paper"] is None and flat["slope"] < 0
     assert flat["seed_sd"] is None and [c["seeds"] for c in flat["by_compute"]] == [1, 1]
     assert flat["slope_se"] is None  # two points: no error estimate
@@ -108,26 +103,8 @@ def test_headline_bound_and_extrapolation() -> None:
 
 
 def test_stored_study_falls_back_to_cpu(tmp_path) -> None:
-    from regvit_lib.study import stored_study
-
-    with pytest.raises(FileNotFoundError, match="python -m regvit_lib.study --profile smoke"):
+    with pytest.raises(FileNotFoundError, match="python -m regvit_lib.emergence --profile smoke"):
         stored_study("smoke", tmp_path)
     (tmp_path / "cpu.json").write_text(json.dumps({"profile": "cpu", "command": "x", "rows": []}))
     doc, path = stored_study("smoke", tmp_path)
     assert doc["profile"] == "cpu" and path.name == "cpu.json"
-
-
-def test_gpu_status_says_what_is_stored(tmp_path) -> None:
-    from regvit_lib.study import gpu_status
-
-    assert gpu_status(tmp_path).startswith("No GPU run is stored yet")
-    row = {**_row("baseline", 5e16, 3.5, share=0.02), "mfu": 0.31,
-           "resumes": [{"step": 500, "lossy": True, "sha256": "x"}]}
-    doc = {"profile": "gpu", "command": "c", "device": "NVIDIA H100", "matmul_tflops": 700.0,
-           "rows": [row, {**_row("compute", 2e17, 5.0), "mfu": 0.35, "resumes": []}],
-           "pending": [{"label": "steps x4", "step": 3000}]}
-    (tmp_path / "gpu.json").write_text(json.dumps(doc))
-    text = gpu_status(tmp_path)
-    for part in ("NVIDIA H100", "700 TFLOP/s", "MFU 31-35 %", "5.00 (compute 2e+17)", "2.00 %", "steps x4",
-                 "compact pack", "baseline 5e+16"):
-        assert part in text, part

@@ -1,0 +1,58 @@
+"""Display labels: the one place where the library's snake_case keys become words.
+
+Measurements travel from probe to claim under one name each (``position_top1_outlier``,
+``segmentation_miou``, ``sink_mass``...). Only when a table is shown does :func:`show` give its
+columns the labels below; nothing maps a label back to a key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["LABELS", "label", "show"]
+
+LABELS: dict[str, str] = {
+    # norms and outliers (chapters 2-4)
+    "layer": "block", "share": "outlier share", "norm_ratio": "outlier / normal norm",
+    "ratio_mean": "max/median (mean over images)", "ratio_max": "max/median (any image)",
+    "outlier_share": "outlier share", "outlier_norm_ratio": "outlier / normal norm",
+    "top_on_background": "largest token on background", "background_patches": "background patches",
+    # local and global information (Fig. 5b, Table 1)
+    **{f"position_top1_{k}": f"position top-1, {k}" for k in ("normal", "outlier")},
+    **{f"position_distance_{k}": f"position distance, {k}" for k in ("normal", "outlier")},
+    **{f"pixel_l2_{k}": f"pixel L2, {k}" for k in ("normal", "outlier")},
+    **{f"class_{k}": f"class from one {k} token" for k in ("normal", "outlier", "cls")},
+    # dense tasks and object discovery (Tables 2, 3)
+    "classification": "classification (acc)", "segmentation_miou": "segmentation (mIoU)",
+    "depth_rmse": "depth (RMSE)", "corloc": "LOST corloc",
+    # attention sinks
+    "sink_mass": "sink mass", "sink_on": "sink on", "same_token": "same token", "sink_fixed": "sink at a fixed token",
+    # runs, grids, studies
+    "params_m": "params (M)", "train_pflops": "train PFLOPs", "test_acc": "test acc", "gflops": "GFLOPs",
+    "flops_pct": "FLOPs +%", "img_size": "image size", "stripe": "stripe score",
+    "id": "", "axis": "axis", "run": "run",
+}
+
+
+def label(key: str) -> str:
+    """The display label of ``key`` (the key itself when it has none)."""
+    return LABELS.get(key, key)
+
+
+def show(table: pd.DataFrame | list[dict[str, Any]] | dict[str, dict[str, Any]], precision: int = 3,
+         columns: list[str] | None = None) -> Any:
+    """A table ready to display: ``columns`` (default all) with their labels, numbers rounded, no index.
+
+    Args:
+        table: a DataFrame, a list of records, or ``{row name: record}`` (shown with records as columns).
+        precision: decimals of floating-point numbers.
+        columns: which keys to show, in order.
+    """
+    if isinstance(table, dict):
+        frame = pd.DataFrame(table)
+        return frame.rename(index=label).style.format(precision=precision, na_rep="–")
+    frame = table if isinstance(table, pd.DataFrame) else pd.DataFrame(table)
+    frame = frame[columns] if columns is not None else frame
+    return frame.rename(columns=label).style.format(precision=precision, na_rep="–").hide(axis="index")

@@ -1,0 +1,85 @@
+"""Timing on a shared machine: models taking turns, a training step to time, the matmul rate, MFU.
+
+A shared machine drifts (another job starts, the clock scales), so two things are never timed
+one after the other: :func:`alternate` runs them in turn, the order rotating every round, and
+the median of each one's times is what counts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["sync", "training_step", "alternate", "matmul_tflops", "mfu"]
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); nothing on a CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: bool) -> Callable[[], None]:
+    """One AdamW training step of ``model`` on the fixed batch ``(x, y)``, as a callable to time."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = F.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    return step
+
+
+def alternate(fns: Sequence[Callable[[], object]], rounds: int, device: torch.device | None = None,
+              warmup: int = 1) -> list[list[float]]:
+    """Seconds of every call of each of ``fns``, which take turns: one call each per round, the order
+    rotating by one every round, after ``warmup`` untimed rounds.
+
+    Returns:
+        ``times[i]``: the ``rounds`` durations of ``fns[i]``.
+    """
+    dev = device or torch.device("cpu")
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for r in range(rounds):
+        for i in np.roll(np.arange(len(fns)), r):
+            sync(dev)
+            t = time.perf_counter()
+            fns[int(i)]()
+            sync(dev)
+            times[i].append(time.perf_counter() - t)
+    return times
+
+
+def matmul_tflops(n: int = 8192, iters: int = 50) -> float:
+    """Measured bf16 matmul rate of the current CUDA device, TFLOP/s (2 n^3 per product)."""
+    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    seconds = alternate([lambda: a @ b], iters, torch.device("cuda"), warmup=5)[0]
+    return 2 * n**3 * iters / sum(seconds) / 1e12
+
+
+def mfu(model: nn.Module, flops_per_image: float, batch: int, img_size: int, num_classes: int,
+        iters: int = 30) -> dict[str, float]:
+    """Model FLOPs utilisation of training ``model`` in bf16 on the current CUDA device.
+
+    Args:
+        flops_per_image: counted training FLOPs of one image (3x the forward).
+    """
+    dev = torch.device("cuda")
+    x = torch.randn(batch, 3, img_size, img_size, device=dev)
+    y = torch.randint(num_classes, (batch,), device=dev)
+    seconds = alternate([training_step(model, x, y, amp=True)], iters, dev, warmup=5)[0]
+    rate = batch * iters / sum(seconds)
+    achieved, peak = rate * flops_per_image / 1e12, matmul_tflops()
+    return {"img_per_s": rate, "achieved_tflops": achieved, "matmul_tflops": peak, "mfu": achieved / peak}

@@ -1,7 +1,7 @@
 """regvit_lib: the library under the regvit book (Vision Transformers Need Registers).
 
-Modules, in the order data flows through them: ``config`` (every setting, the profiles, the
-chapters' parameters) -> ``scenes`` / ``data`` -> ``model`` -> ``train`` (cached by ``cache``) ->
+Modules, in the order data flows through them: ``params`` (a chapter's parameters, checked) ->
+``config`` (every setting and the profiles) -> ``scenes`` / ``data`` -> ``model`` -> ``train`` (cached by ``cache``) ->
 ``analysis`` / ``probes`` / ``measure`` / ``emergence`` / ``ablations`` -> ``claims`` / ``labels`` /
 ``plots``. The README's "Architecture" section says what each one does.
 """
@@ -13,9 +13,10 @@ ensure_torchvision_importable()
 
 from .cache import CacheCorruptError, cache_root  # noqa: E402
 from .config import (PROFILES, ConfigError, FractalConfig, ImageData, ModelConfig, Profile, RunConfig,  # noqa: E402
-                     ScenesConfig, TrainConfig, chapter_params, default_profile_name, get_profile, vit_config)
+                     ScenesConfig, TrainConfig, default_profile_name, get_profile, vit_config)
 from .data import make_source, normalize  # noqa: E402
 from .model import RegViT, build_model, count_parameters, split_tokens  # noqa: E402
+from .params import chapter_params  # noqa: E402
 from .scenes import SceneBatch, render_scenes  # noqa: E402
 from .train import TrainedRun, train  # noqa: E402
 

@@ -11,7 +11,7 @@ field and the value, before any compute starts.
 * :class:`TrainConfig` -- the recipe; :class:`RunConfig` -- model + data + recipe + seed, the key
   of a trained run in the cache.
 * :data:`PROFILES` -- the book's scales (``smoke``, ``cpu``, ``gpu``); the README says what each
-  costs, measured. :func:`chapter_params` checks a chapter's parameters cell.
+  costs, measured. A chapter's parameters cell is checked by :mod:`regvit_lib.params`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any, Literal, get_args
 
 __all__ = ["ConfigError", "ModelConfig", "VIT_SIZES", "vit_config", "SHAPES", "BACKGROUNDS", "SPLITS",
            "ScenesConfig", "FractalConfig", "ImageData", "DataConfig", "TrainConfig", "RunConfig", "Profile",
-           "PROFILES", "PROFILE_ENV_VAR", "default_profile_name", "get_profile", "PRETRAINED", "chapter_params"]
+           "PROFILES", "PROFILE_ENV_VAR", "default_profile_name", "get_profile"]
 
 PoolKind = Literal["token", "avg"]
 MlpKind = Literal["gelu", "swiglu"]
@@ -426,43 +426,3 @@ def default_profile_name() -> str:
         raise ConfigError(f"environment variable {PROFILE_ENV_VAR}={name!r} names no profile; "
                           f"known profiles: {sorted(PROFILES)}")
     return name
-
-
-# Pretrained models (:mod:`regvit_lib.pretrained`), alias -> timm name: DINOv2 (Oquab et al. 2023), its
-# registers twins (this paper), DeiT-III (Touvron et al. 2022).
-PRETRAINED: dict[str, str] = {
-    **{f"dinov2-{s}{r}": f"vit_{size}_patch14_{'reg4_' if r else ''}dinov2.lvd142m"
-       for s, size in (("s", "small"), ("b", "base"), ("l", "large"), ("g", "giant")) for r in ("", "-reg")},
-    **{f"deit3-{s}": f"deit3_{size}_patch16_224.fb_in22k_ft_in1k"
-       for s, size in (("s", "small"), ("b", "base"), ("l", "large"))},
-}
-
-# A chapter's parameters: name -> (accepted types, check, what is accepted). bool is never an int here.
-_PARAMS: dict[str, tuple[tuple[type, ...], Any, str]] = {
-    "profile": ((str,), lambda v: v in PROFILES, f"one of {sorted(PROFILES)}"),
-    "pretrained": ((str, type(None)), lambda v: v is None or v in PRETRAINED or v in PRETRAINED.values(),
-                   f"None or one of {sorted(PRETRAINED)} (or their timm names)"),
-    "num_registers": ((int,), lambda v: v >= 0, "an integer >= 0"),
-    "registers": ((int,), lambda v: v >= 1, "an integer >= 1"),
-    "probe_images": ((int,), lambda v: v >= 8, "an integer >= 8"),
-    "k": ((int, float), lambda v: math.isfinite(v) and v > 1, "a number > 1"),
-    "rerun_study": ((bool,), lambda v: True, "True or False"),
-}
-
-
-def chapter_params(**params: object) -> Profile:
-    """Check a chapter's parameters cell at the door and return its profile.
-
-    Every value is checked for type and range before any compute; papermill's ``-p rerun_study
-    maybe`` arrives as the string ``"maybe"`` and is refused, not read as true.
-
-    Raises:
-        ConfigError: naming the parameter, the value and what is accepted.
-    """
-    for name, value in params.items():
-        if name not in _PARAMS:
-            raise ConfigError(f"unknown chapter parameter {name!r}; known: {sorted(_PARAMS)}")
-        types, ok, accepted = _PARAMS[name]
-        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types) or not ok(value):
-            raise ConfigError(f"parameter {name}={value!r} ({type(value).__name__}) is not {accepted}")
-    return get_profile(str(params.get("profile", default_profile_name())))

@@ -76,7 +76,6 @@ def render_fractals(cfg: FractalConfig, split: str, indices: Sequence[int] | np.
     return image, torch.as_tensor(labels, device=dev)
 
 
-
 class DataSource:
     """The one interface the training loop and the probes use: sizes, classes, batches."""
 
@@ -119,79 +118,65 @@ class _ImageSource(DataSource):
 
     def __init__(self, cfg: ImageData) -> None:
         super().__init__(cfg)
-        # Split name -> (torchvision data set, offset, length).
-        self._splits: dict[str, tuple[Any, int, int]] = {}
-        self._classes = 0
+        self._splits: dict[str, Any] = {}  # split -> torchvision data set (or a Subset of one)
 
-    def _load(self, split: str) -> tuple[Any, int, int]:
+    def _load(self, split: str) -> Any:
         _check_choice("split", split, Split)
-        if split not in self._splits:
-            self._splits.update(self._open())
+        if not self._splits:
+            self._splits = self._open()
         return self._splits[split]
 
-    def _open(self) -> dict[str, tuple[Any, int, int]]:
-        import torchvision  # noqa: F401  (regvit_lib/_compat.py has run: importable on CPU torch)
-        from torchvision import datasets, transforms
+    def _open(self) -> dict[str, Any]:
+        from torch.utils.data import Subset
+        from torchvision import datasets, transforms  # regvit_lib/_compat.py has run: importable on CPU torch
 
-        c = self.cfg
-        tf = transforms.Compose([
-            transforms.Resize(c.img_size, antialias=True), transforms.CenterCrop(c.img_size),
-            transforms.ToTensor(),
-        ])
-        root = Path(c.root).expanduser()
+        c, root = self.cfg, Path(self.cfg.root).expanduser()
+        tf = transforms.Compose([transforms.Resize(c.img_size, antialias=True), transforms.CenterCrop(c.img_size),
+                                 transforms.ToTensor()])
         try:
             if c.name == "folder":
-                def folder(split: str) -> Any:
-                    path = root / split
-                    if not path.is_dir():
-                        raise FileNotFoundError(f"image folder {path} does not exist")
-                    return datasets.ImageFolder(str(path), transform=tf)
-                train, val = folder("train"), folder("val")
-                test = folder("test") if (root / "test").is_dir() else val
-                parts = {"train": (train, 0, len(train)), "val": (val, 0, len(val)), "test": (test, 0, len(test))}
-                classes = train.classes
+                for split in ("train", "val"):
+                    if not (root / split).is_dir():
+                        raise FileNotFoundError(f"image folder {root / split} does not exist")
+                train, val = (datasets.ImageFolder(str(root / s), transform=tf) for s in ("train", "val"))
+                test = datasets.ImageFolder(str(root / "test"), transform=tf) if (root / "test").is_dir() else val
             elif c.name == "imagenette":
-                train = datasets.Imagenette(str(root), split="train", size="160px", download=c.download, transform=tf)
-                val = datasets.Imagenette(str(root), split="val", size="160px", download=c.download, transform=tf)
-                parts = {"train": (train, 0, len(train)), "val": (val, 0, len(val)), "test": (val, 0, len(val))}
-                classes = train.classes
-            else:
-                if c.name == "cifar10":
-                    train = datasets.CIFAR10(str(root), train=True, download=c.download, transform=tf)
-                    test = datasets.CIFAR10(str(root), train=False, download=c.download, transform=tf)
-                else:
-                    train = datasets.STL10(str(root), split="train", download=c.download, transform=tf)
-                    test = datasets.STL10(str(root), split="test", download=c.download, transform=tf)
-                n = len(train) - c.val_size
+                train, val = (datasets.Imagenette(str(root), split=s, size="160px", download=c.download, transform=tf)
+                              for s in ("train", "val"))
+                test = val
+            else:  # CIFAR-10, STL-10: validation is the end of the training set
+                def get(split: str) -> Any:
+                    if c.name == "cifar10":
+                        return datasets.CIFAR10(str(root), train=split == "train", download=c.download, transform=tf)
+                    return datasets.STL10(str(root), split=split, download=c.download, transform=tf)
+                full, test = get("train"), get("test")
+                n = len(full) - c.val_size
                 if n < 1:
-                    raise ConfigError(f"val_size={c.val_size} leaves no training images of {len(train)}")
-                parts = {"train": (train, 0, n), "val": (train, n, c.val_size), "test": (test, 0, len(test))}
-                classes = train.classes
+                    raise ConfigError(f"val_size={c.val_size} leaves no training images of {len(full)}")
+                train, val = Subset(full, range(n)), Subset(full, range(n, len(full)))
         except RuntimeError as e:  # torchvision: "Dataset not found or corrupted ..."
             raise FileNotFoundError(
                 f"{c.name} is not in {root} ({e}); pass download=True on a machine with a network"
             ) from e
-        self._classes = len(classes)
-        return parts
+        return {"train": train, "val": val, "test": test}
 
     @property
     def num_classes(self) -> int:
-        self._load("train")
-        return self._classes
+        train = self._load("train")
+        return len(getattr(train, "dataset", train).classes)
 
     def split_size(self, split: str) -> int:
-        return self._load(split)[2]
+        return len(self._load(split))
 
     def batch(self, split: str, indices: np.ndarray, device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
-        ds, offset, n = self._load(split)
-        items = []
-        for i in np.asarray(indices, dtype=np.int64).reshape(-1):
-            if not 0 <= i < n:
-                raise IndexError(f"image index {i} is outside the {split!r} split of size {n}")
-            items.append(ds[offset + int(i)])
-        images = torch.stack([x for x, _ in items]).to(device)
-        labels = torch.tensor([y for _, y in items], dtype=torch.int64, device=device)
-        return images, labels
+        ds = self._load(split)
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        bad = idx[(idx < 0) | (idx >= len(ds))]
+        if bad.size:
+            raise IndexError(f"image index {bad[0]} is outside the {split!r} split of size {len(ds)}")
+        items = [ds[int(i)] for i in idx]
+        return (torch.stack([x for x, _ in items]).to(device),
+                torch.tensor([y for _, y in items], dtype=torch.int64, device=device))
 
 
 def make_source(cfg: DataConfig) -> DataSource:

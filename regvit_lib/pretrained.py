@@ -9,7 +9,6 @@ dict) with ``torch.load(..., weights_only=True)``; the tests write such a file t
 Names: a short alias from :data:`PRETRAINED` (``"dinov2-g"``, ``"dinov2-g-reg"``, ...) or the
 full timm name. :func:`twin` gives a model's twin with (or without) registers.
 
-The aliases live with every other setting, in :data:`regvit_lib.config.PRETRAINED`.
 """
 
 from __future__ import annotations
@@ -19,11 +18,20 @@ from typing import Any
 
 import torch
 
-from .config import PRETRAINED, ConfigError
+from .config import ConfigError
 from .model import RegViT
 from .timm_interop import regvit_from_timm
 
 __all__ = ["PRETRAINED", "resolve", "twin", "load_pretrained"]
+
+# alias -> timm name: DINOv2 (Oquab et al. 2023), its
+# registers twins (this paper), DeiT-III (Touvron et al. 2022).
+PRETRAINED: dict[str, str] = {
+    **{f"dinov2-{s}{r}": f"vit_{size}_patch14_{'reg4_' if r else ''}dinov2.lvd142m"
+       for s, size in (("s", "small"), ("b", "base"), ("l", "large"), ("g", "giant")) for r in ("", "-reg")},
+    **{f"deit3-{s}": f"deit3_{size}_patch16_224.fb_in22k_ft_in1k"
+       for s, size in (("s", "small"), ("b", "base"), ("l", "large"))},
+}
 
 
 def resolve(name: str) -> str:

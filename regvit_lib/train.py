@@ -48,7 +48,7 @@ from .summaries import norm_summary, sink_summary, token_norms
 __all__ = ["TrainedRun", "get_lr", "train", "evaluate", "TRAIN_CODE"]
 
 # The modules whose code decides what a trained run contains: part of every run's cache key.
-TRAIN_CODE = ("model.py", "scenes.py", "data.py", "train.py", "selfsup.py", "summaries.py")
+TRAIN_CODE = ("config.py", "model.py", "scenes.py", "data.py", "train.py", "selfsup.py", "summaries.py")
 
 @dataclass
 class TrainedRun:

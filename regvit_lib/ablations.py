@@ -10,15 +10,13 @@ LOST CorLoc, the counted FLOPs and the parameters. Every row is a cached measure
 taking turns step by step (a shared machine drifts; alternating cancels it).
 
 **Resolution.** A ViT's position embedding is a grid of vectors; at another input size it is
-resized by bicubic interpolation (timm's ``resample_abs_pos_embed``). The paper (App. A) traces striped outlier patterns in its
-first models to interpolating *without antialiasing*; :func:`at_resolution` builds the model at
-a new size with or without it, and :func:`resolution_study` measures the artifact there.
+resized by bicubic interpolation (timm's ``resample_abs_pos_embed``). The paper (App. A) traces
+striped outlier patterns in its first models to interpolating *without antialiasing*;
+:func:`at_resolution` builds the model at a new size with or without it, and
+:func:`resolution_study` measures the artifact there.
 Antialiasing only changes a *downsampling* (a smaller grid); upsampling is the same either way.
 """
 
-from __future__ import annotations
-
-import statistics
 from dataclasses import replace
 from typing import Any
 
@@ -49,18 +47,14 @@ _GRID_CODE = TRAIN_CODE + ("analysis.py", "probes.py", "measure.py", "flops.py",
 def _register_row(profile: Profile, registers: int, seed: int, images: int, k: float) -> dict[str, Any]:
     s = load_subject(profile, registers=registers, images=images, seed=seed)
     assert s.run is not None
-    r = norm_report(s, k)
-    d = dense_table([s]).iloc[0]
-    sink = sinks(s).iloc[-1]  # the last block's
-    g = s.feats.grid
-    first = detect_outliers(s.feats, s.layer, k).ratio[0].reshape(g, g)  # one image's norm map
+    r, dense, sink = norm_report(s, k), dense_table([s]).iloc[0], sinks(s).iloc[-1]  # the last block's sink
     return {"registers": registers, "seed": seed, "params": s.params, "gflops": count_flops(s.model.cfg) / 1e9,
             "test_acc": s.run.metrics["test_acc"], "layer": r["layer"], "share": r["share"],
             "ratio_mean": r["ratio_mean"], "ratio_max": r["ratio_max"],
-            **{key: float(d[key]) for key in ("classification", "segmentation_miou", "depth_rmse")},
-            "corloc": float(object_discovery([s]).iloc[0]["corloc"]),
-            "sink_mass": float(sink["sink_mass"]), "sink_on": str(sink["sink_on"]),
-            "train_seconds": s.run.metrics["train_seconds"], "norm_map": first.tolist()}
+            **{key: float(dense[key]) for key in ("classification", "segmentation_miou", "depth_rmse")},
+            "corloc": float(object_discovery([s]).iloc[0]["corloc"]), "sink_mass": float(sink["sink_mass"]),
+            "sink_on": str(sink["sink_on"]), "train_seconds": s.run.metrics["train_seconds"],
+            "norm_map": detect_outliers(s.feats, s.layer, k).ratio[0].reshape(s.feats.grid, -1).tolist()}  # one image
 
 
 def register_grid(profile: Profile, counts: tuple[int, ...] = REGISTER_COUNTS, seeds: list[int] | None = None,
@@ -75,26 +69,20 @@ def register_grid(profile: Profile, counts: tuple[int, ...] = REGISTER_COUNTS, s
         k: the outlier rule.
         progress: a progress bar over the runs (most of the time is training, on a first build).
     """
-    bad = [c for c in counts if isinstance(c, bool) or not isinstance(c, int) or c < 0]
-    if bad:
+    if bad := [c for c in counts if isinstance(c, bool) or not isinstance(c, int) or c < 0]:
         raise ValueError(f"register counts must be ints >= 0, got {bad}")
     seeds = list(range(profile.seed, profile.seed + profile.seeds)) if seeds is None else list(seeds)
-    rows = []
-    jobs = [(c, s) for c in counts for s in seeds]
-    for c, s in tqdm(jobs, desc="register grid", disable=not progress):
-        config = {"run": profile.run(seed=s, num_registers=c), "images": images, "k": k}
-        rows.append(cached("register-grid", config, _GRID_CODE, lambda: _register_row(profile, c, s, images, k)))
-    return pd.DataFrame(rows)
+    jobs = tqdm([(c, s) for c in counts for s in seeds], desc="register grid", disable=not progress)
+    return pd.DataFrame([cached("register-grid", dict(run=profile.run(seed=s, num_registers=c), images=images, k=k),
+                                _GRID_CODE, lambda: _register_row(profile, c, s, images, k)) for c, s in jobs])
 
 
 def grid_summary(grid: pd.DataFrame) -> pd.DataFrame:
     """Mean and standard deviation over seeds of every number, one row per register count."""
     numbers = grid.drop(columns=["seed", "sink_on", "norm_map"]).groupby("registers")
-    mean, std = numbers.mean(), numbers.std(ddof=1)
-    out = mean.join(std, rsuffix=" sd")
-    out["seeds"] = numbers.size()
-    out["flops_pct"] = 100 * (mean["gflops"] / mean["gflops"].iloc[0] - 1)
-    return out.reset_index()
+    mean = numbers.mean()
+    flops_pct = 100 * (mean["gflops"] / mean["gflops"].iloc[0] - 1)
+    return mean.join(numbers.std(ddof=1), rsuffix=" sd").assign(seeds=numbers.size(), flops_pct=flops_pct).reset_index()
 
 
 def register_throughput(profile: Profile, counts: tuple[int, ...] = REGISTER_COUNTS, rounds: int = 6,
@@ -105,19 +93,18 @@ def register_throughput(profile: Profile, counts: tuple[int, ...] = REGISTER_COU
     the median over rounds is kept. Cached per machine kind (device and thread count).
     """
     dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    b = batch or profile.train.batch_size
+    b, cfg = batch or profile.train.batch_size, profile.model
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
-    config = {"model": profile.model, "counts": list(counts), "rounds": rounds, "batch": b, "device": name}
+    config = {"model": cfg, "counts": list(counts), "rounds": rounds, "batch": b, "device": name}
 
     def compute() -> dict[str, Any]:
-        cfg = profile.model
         x = torch.randn(b, cfg.in_chans, cfg.img_size, cfg.img_size, device=dev)
         y = torch.randint(cfg.num_classes, (b,), device=dev)
         steps = [training_step(build_model(replace(cfg, num_registers=c), device=dev).train(), x, y, amp=False)
                  for c in counts]
-        rates = [b / statistics.median(t) for t in alternate(steps, rounds, dev)]
+        rates = [b / float(np.median(t)) for t in alternate(steps, rounds, dev)]
         return {"device": name, "img_per_s": dict(zip(map(str, counts), rates)),
-                "slowdown_pct": dict(zip(map(str, counts), [100 * (rates[0] / r - 1) for r in rates]))}
+                "slowdown_pct": {str(c): 100 * (rates[0] / r - 1) for c, r in zip(counts, rates)}}
 
     return cached("register-throughput", config, TRAIN_CODE + ("timing.py", "ablations.py"), compute)
 
@@ -132,10 +119,9 @@ def at_resolution(model: RegViT, img_size: int, antialias: bool = True) -> RegVi
 
     cfg = replace(model.cfg, img_size=img_size)
     new = build_model(cfg, device=next(model.parameters()).device)
-    state = dict(model.state_dict())
-    state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], [cfg.grid_size] * 2, num_prefix_tokens=0,
-                                                antialias=antialias)
-    new.load_state_dict(state)
+    state = model.state_dict()
+    pos = resample_abs_pos_embed(state["pos_embed"], [cfg.grid_size] * 2, num_prefix_tokens=0, antialias=antialias)
+    new.load_state_dict({**state, "pos_embed": pos})
     return new.eval()
 
 
@@ -149,26 +135,23 @@ def resolution_study(profile: Profile, sizes: tuple[int, ...], images: int = 200
     of the whole map of mean per-position norm ratios (1 for perfect stripes, ~2/g for noise).
     """
     run = train(profile.run(num_registers=registers), progress=False)  # from the cache when trained before
+    idx = np.arange(min(images, profile.data.val_size))
     rows = []
     for size in sizes:
-        data = replace(profile.data, img_size=size)
-        scenes = render_scenes(data, "val", np.arange(min(images, data.val_size)))
+        scenes = render_scenes(replace(profile.data, img_size=size), "val", idx)
         for aa in (True, False):
             m = at_resolution(run.model, size, antialias=aa)
             feats = collect(m, scenes.image, scenes.label, attn=False)
-            layer = peak_layer(feats)
+            layer, g = peak_layer(feats), m.cfg.grid_size
             out = detect_outliers(feats, layer, k)
-            g = m.cfg.grid_size
             mean_map = out.ratio.mean(0).reshape(g, g)
-            var = float(mean_map.var()) or 1e-12
+            stripe = float(mean_map.mean(0).var() + mean_map.mean(1).var()) / (float(mean_map.var()) or 1e-12)
             with torch.no_grad():
                 acc = float((m(normalize(scenes.image)).argmax(-1) == scenes.label).float().mean())
             rows.append({"img_size": size, "grid": g, "antialias": aa, "layer": layer, "share": out.share,
-                         "ratio_mean": float(out.ratio.amax(-1).mean()),
-                         "stripe": float(mean_map.mean(0).var() + mean_map.mean(1).var()) / var,
-                         "accuracy": acc, "mean_map": mean_map.tolist()})
+                         "ratio_mean": float(out.ratio.amax(-1).mean()), "stripe": stripe, "accuracy": acc,
+                         "mean_map": mean_map.tolist()})
     return pd.DataFrame(rows)
-
 
 
 def grid_texts(summary: pd.DataFrame, speed: dict[str, Any]) -> dict[str, str]:
@@ -184,4 +167,5 @@ def grid_texts(summary: pd.DataFrame, speed: dict[str, Any]) -> dict[str, str]:
             "abl_counts": ", ".join(str(int(c)) for c in summary["registers"]),
             "abl_best_miou": best("segmentation_miou"), "abl_best_rmse": best("depth_rmse", lowest=True),
             "abl_best_acc": best("classification"), "abl_flops16": f"{summary['flops_pct'].iloc[-1]:.1f}",
-            "abl_speed_device": speed["device"], "abl_speed": ", ".join(f"{v:+.1f}" for v in speed["slowdown_pct"].values())}
+            "abl_speed_device": speed["device"],
+            "abl_speed": ", ".join(f"{v:+.1f}" for v in speed["slowdown_pct"].values())}

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ModelConfig
@@ -93,15 +94,12 @@ def collect(model: nn.Module, images: Tensor, labels: Tensor | None = None, attn
     was_training = m.training
     m.eval()
     dev = next(m.parameters()).device
-    parts: dict[str, list[Tensor]] = {"embed": [], "blocks": [], "tokens": [], "attn": []}
-    for start in range(0, images.shape[0], batch_size):
-        x = normalize(images[start : start + batch_size].to(dev))
-        out = m.forward_features(x, return_blocks=True, return_attn=attn)
-        for key in ("embed", "blocks", "tokens") + (("attn",) if attn else ()):
-            parts[key].append(out[key].float().cpu())
+    outs = (m.forward_features(normalize(batch.to(dev)), return_blocks=True, return_attn=attn)
+            for batch in images.split(batch_size))
+    parts = [{k: out[k].float().cpu() for k in ("embed", "blocks", "tokens", "attn") if k in out} for out in outs]
     m.train(was_training)
-    return Features(m.cfg, images.cpu(), torch.cat(parts["embed"]), torch.cat(parts["blocks"]),
-                    torch.cat(parts["tokens"]), torch.cat(parts["attn"]) if attn else None,
+    cat = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+    return Features(m.cfg, images.cpu(), cat["embed"], cat["blocks"], cat["tokens"], cat.get("attn"),
                     None if labels is None else labels.cpu())
 
 
@@ -128,7 +126,6 @@ class Outliers:
     mask: Tensor  # (B, N) bool: which patch tokens are outliers
     norms: Tensor  # (B, N) their norms
     ratio: Tensor  # (B, N) norm / the image's median patch norm
-    k: float  # the rule's multiple of the median
 
     @property
     def share(self) -> float:
@@ -137,9 +134,7 @@ class Outliers:
 
     @property
     def norm_ratio(self) -> float:
-        """Mean outlier norm over mean normal norm (the paper: ~10x); NaN without outliers."""
-        if not self.mask.any() or self.mask.all():
-            return float("nan")
+        """Mean outlier norm over mean normal norm (the paper: ~10x); NaN without outliers (or normal tokens)."""
         return float(self.norms[self.mask].mean() / self.norms[~self.mask].mean())
 
     def positions(self) -> list[list[int]]:
@@ -162,7 +157,7 @@ def detect_outliers(feats: Features, layer: int | str = -1, k: float = OUTLIER_K
         raise ValueError(f"k must be > 1 (a multiple of the median), got {k!r}")
     norms = tokens_at(feats, layer)["patch"].norm(dim=-1)  # (B, N)
     ratio = norm_ratio(norms)
-    return Outliers(ratio > k, norms, ratio, float(k))
+    return Outliers(ratio > k, norms, ratio)
 
 
 def neighbour_similarity(feats: Features) -> Tensor:
@@ -175,18 +170,12 @@ def neighbour_similarity(feats: Features) -> Tensor:
         ``(B, N)``.
     """
     g = feats.grid
-    e = torch.nn.functional.normalize(feats.embed, dim=-1).reshape(-1, g, g, feats.embed.shape[-1])
-    total = torch.zeros(e.shape[:3])
-    count = torch.zeros(e.shape[:3])
-    for dy, dx in ((0, 1), (1, 0)):  # right and down neighbours; each pair counted for both ends
-        a = e[:, : g - dy, : g - dx]
-        b = e[:, dy:, dx:]
-        sim = (a * b).sum(-1)
-        total[:, : g - dy, : g - dx] += sim
-        total[:, dy:, dx:] += sim
-        count[:, : g - dy, : g - dx] += 1
-        count[:, dy:, dx:] += 1
-    return (total / count).reshape(e.shape[0], g * g)
+    e = F.normalize(feats.embed, dim=-1).unflatten(1, (g, g))  # (B, g, g, D)
+    padded = F.pad(e, (0, 0, 1, 1, 1, 1))  # a ring of zero vectors: no neighbour there
+    shifts = ((1, 2), (1, 0), (2, 1), (0, 1))  # where the right, left, lower and upper neighbours sit in `padded`
+    total = sum((e * padded[:, y : y + g, x : x + g]).sum(-1) for y, x in shifts)
+    count = sum(F.pad(torch.ones(g, g), (1, 1, 1, 1))[y : y + g, x : x + g] for y, x in shifts)  # neighbours there
+    return (total / count).flatten(1)
 
 
 def top_token_placement(feats: Features, background: Tensor, layer: int | str = -1) -> dict[str, float]:
@@ -210,35 +199,27 @@ def top_token_placement(feats: Features, background: Tensor, layer: int | str = 
             "top_similarity": float(sim[rows, top].mean()), "all_similarity": float(sim.mean())}
 
 
-def attention_to_patches(feats: Features, query: str | int = "cls", layer: int = -1,
-                         head: int | None = None) -> Tensor:
-    """Attention of one query token to the patches, as maps over the grid (Fig. 2, Fig. 9).
+def attention_to_patches(feats: Features, query: str | int = "cls", layer: int = -1) -> Tensor:
+    """Attention of one query token to the patches, mean over heads, as maps over the grid (Fig. 2, Fig. 9).
 
     Args:
         feats: from :func:`collect` with ``attn=True``.
-        query: ``"cls"``, a register index ``0 .. R-1``, or ``"patches"`` (mean over patch queries).
+        query: ``"cls"`` or a register index ``0 .. R-1``.
         layer: block index (default: the last).
-        head: one head, or ``None`` for the mean over heads.
 
     Returns:
         ``(B, g, g)``, each map summing to the share of attention that goes to patches.
     """
     if feats.attn is None:
         raise ValueError("these features were collected with attn=False")
-    cfg, P, g = feats.cfg, feats.cfg.num_prefix_tokens, feats.grid
-    a = feats.attn[:, layer]  # (B, H, T, T)
-    a = a.mean(1) if head is None else a[:, head]  # (B, T, T)
-    if query == "cls":
-        if not cfg.class_token:
-            raise ValueError("this model has no [CLS] token")
-        row = a[:, 0]
-    elif query == "patches":
-        row = a[:, P:].mean(1)
+    cfg = feats.cfg
+    if query == "cls" and cfg.class_token:
+        token = 0
     elif isinstance(query, int) and 0 <= query < cfg.num_registers:
-        row = a[:, int(cfg.class_token) + query]
+        token = int(cfg.class_token) + query
     else:
-        raise ValueError(f"query must be 'cls', 'patches' or a register index < {cfg.num_registers}, got {query!r}")
-    return row[:, P:].reshape(-1, g, g)
+        raise ValueError(f"query must be 'cls' (if present) or a register index < {cfg.num_registers}, got {query!r}")
+    return feats.attn[:, layer].mean(1)[:, token, cfg.num_prefix_tokens :].unflatten(1, (feats.grid, feats.grid))
 
 
 def pca_rgb(patch_tokens: Tensor, grid: int, components: int = 3) -> Tensor:
@@ -254,14 +235,13 @@ def pca_rgb(patch_tokens: Tensor, grid: int, components: int = 3) -> Tensor:
     Returns:
         ``(B, grid, grid, components)`` in [0, 1].
     """
-    B, N, D = patch_tokens.shape
-    x = patch_tokens.reshape(B * N, D).double()
+    x = patch_tokens.flatten(0, 1).double()
     x = x - x.mean(0)
     _, _, v = torch.linalg.svd(x, full_matrices=False)  # rows of v: principal directions
     sign = torch.sign(v[:components].sum(1, keepdim=True)).clamp_min(0) * 2 - 1  # fixed orientation
     proj = x @ (v[:components] * sign).T  # (B*N, c)
     lo, hi = torch.quantile(proj, 0.01, dim=0), torch.quantile(proj, 0.99, dim=0)
-    return ((proj - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1).reshape(B, grid, grid, components).float()
+    return ((proj - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1).reshape(-1, grid, grid, components).float()
 
 
 @torch.no_grad()
@@ -277,10 +257,8 @@ def lost_keys(model: nn.Module, feats: Features) -> Tensor:
     assert isinstance(blk, Block)
     # The last block's input: the previous block's output (or the embedded tokens).
     x_in = feats.blocks[:, -2].to(dev) if m.cfg.depth > 1 else m._pos_embed(feats.embed.to(dev))
-    qkv = blk.attn.qkv(blk.norm1(x_in))  # (B, T, 3D)
-    D = m.cfg.embed_dim
-    keys = qkv[..., D : 2 * D].float().cpu()
-    return split_tokens(keys, m.cfg.class_token, m.cfg.num_registers)["patch"]
+    keys = blk.attn.qkv(blk.norm1(x_in)).chunk(3, dim=-1)[1]  # (B, T, D): the middle third of q, k, v
+    return keys[:, m.cfg.num_prefix_tokens :].float().cpu()
 
 
 @contextmanager
@@ -304,21 +282,16 @@ def plant_outliers(model: RegViT, layer: int, positions: Tensor, factor: float =
     def hook(_module: nn.Module, _inputs: Any, output: tuple[Tensor, Tensor | None]) -> tuple[Tensor, Tensor | None]:
         x, attn = output
         B = x.shape[0]
-        pos = positions.to(x.device)
-        pos = pos.expand(B, -1) if pos.ndim == 1 else pos[seen[0] : seen[0] + B]
+        pos = (positions.expand(B, -1) if positions.ndim == 1 else positions[seen[0] : seen[0] + B]).to(x.device)
         seen[0] += B
-        rows = torch.arange(B, device=x.device)[:, None].expand_as(pos)
         x = x.clone()
         mean = x[:, P:].mean(1, keepdim=True)  # (B, 1, D): the image's mean patch token
         scale = factor * x[:, P:].norm(dim=-1).median(dim=1).values[:, None, None] / mean.norm(dim=-1, keepdim=True)
-        x[rows, P + pos] = (scale * mean).expand(-1, pos.shape[1], -1)
+        x[torch.arange(B, device=x.device)[:, None], P + pos] = scale * mean
         return x, attn
 
-    handle = model.blocks[layer].register_forward_hook(hook)
-    try:
+    with model.blocks[layer].register_forward_hook(hook):
         yield
-    finally:
-        handle.remove()
 
 
 def positive_control(model: RegViT, images: Tensor, labels: Tensor | None, layer: int, factor: float = 10.0,
@@ -334,8 +307,7 @@ def positive_control(model: RegViT, images: Tensor, labels: Tensor | None, layer
         ``(natural, planted, positions)``, positions ``(B, per_image)``.
     """
     g = torch.Generator().manual_seed(seed)
-    N = model.cfg.num_patches
-    pos = torch.stack([torch.randperm(N, generator=g)[:per_image] for _ in range(images.shape[0])])
+    pos = torch.stack([torch.randperm(model.cfg.num_patches, generator=g)[:per_image] for _ in range(len(images))])
     natural = collect(model, images, labels)
     with plant_outliers(model, layer, pos, factor=factor):
         planted = collect(model, images, labels)

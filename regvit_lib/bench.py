@@ -16,16 +16,15 @@ Not a test: it times things and writes what it measured.
    (3x the forward) times images per second, over that rate.
 """
 
-from __future__ import annotations
-
 import argparse
+import itertools
 import json
 import platform
 import statistics
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, cast
 
 import numpy as np
@@ -42,19 +41,18 @@ from .timing import alternate, mfu, training_step
 __all__ = ["generator_rate", "compare_with_timm", "data_share", "analysis_cost", "main"]
 
 
+def _render(cfg: ScenesConfig, batch: int) -> Callable[[], object]:
+    """Render the next ``batch`` training scenes at each call."""
+    starts = itertools.count(0, batch)
+    return lambda: render_scenes(cfg, "train", (np.arange(batch) + next(starts)) % cfg.train_size)
+
+
 def generator_rate(img_size: int, batch: int = 256, rounds: int = 8) -> float:
     """Scenes rendered per second on one CPU thread (median of ``rounds`` batches)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        cfg = ScenesConfig(img_size=img_size)
-        render_scenes(cfg, "train", np.arange(batch))  # warm-up
-        rates = []
-        for r in range(rounds):
-            t = time.perf_counter()
-            render_scenes(cfg, "train", np.arange(r * batch, (r + 1) * batch))
-            rates.append(batch / (time.perf_counter() - t))
-        return statistics.median(rates)
+        return batch / statistics.median(alternate([_render(ScenesConfig(img_size=img_size), batch)], rounds)[0])
     finally:
         torch.set_num_threads(threads)
 
@@ -80,21 +78,12 @@ def compare_with_timm(cfg: ModelConfig, batch: int, pairs: int = 30, device: str
 
 
 def data_share(cfg: ModelConfig, data: ScenesConfig, batch: int, iters: int = 10) -> dict[str, float]:
-    """Seconds per batch spent rendering scenes vs in the training step, and the render share."""
-    model = build_model(cfg).train()
+    """Seconds per batch spent rendering scenes vs in the training step (taking turns), and the render share."""
     x, y = render_scenes(data, "train", np.arange(batch))[:2]
-    step = training_step(model, normalize(x), y, amp=False)
-    step()
-    t_data = t_step = 0.0
-    for i in range(iters):
-        t = time.perf_counter()
-        render_scenes(data, "train", np.arange(i * batch, (i + 1) * batch))
-        t_data += time.perf_counter() - t
-        t = time.perf_counter()
-        step()
-        t_step += time.perf_counter() - t
-    return {"data_s_per_batch": t_data / iters, "step_s_per_batch": t_step / iters,
-            "data_share": t_data / (t_data + t_step)}
+    step = training_step(build_model(cfg).train(), normalize(x), y, amp=False)
+    t_data, t_step = alternate([_render(data, batch), step], iters)
+    return {"data_s_per_batch": statistics.mean(t_data), "step_s_per_batch": statistics.mean(t_step),
+            "data_share": sum(t_data) / (sum(t_data) + sum(t_step))}
 
 
 def analysis_cost(cfg: ModelConfig, batch: int, pairs: int = 20) -> dict[str, float]:
@@ -105,13 +94,12 @@ def analysis_cost(cfg: ModelConfig, batch: int, pairs: int = 20) -> dict[str, fl
     model = build_model(cfg).eval()
     images = torch.rand(batch, cfg.in_chans, cfg.img_size, cfg.img_size)
 
+    @torch.no_grad()
     def plain() -> None:
-        with torch.no_grad():
-            model(normalize(images))
+        model(normalize(images))
 
     def analysis() -> None:
-        feats = collect(model, images, batch_size=batch)
-        token_norms(feats.blocks, cfg)
+        token_norms(collect(model, images, batch_size=batch).blocks, cfg)
 
     t_plain, t_analysis = alternate([plain, analysis], pairs)
     return {"plain_s": statistics.median(t_plain), "analysis_s": statistics.median(t_analysis),
@@ -130,15 +118,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "profile": prof.name, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
         "device": torch.cuda.get_device_name() if gpu else "cpu",
-        "generator_img_per_s_1thread": {str(s): generator_rate(s) for s in (32, 64)},
-    }
+        "generator_img_per_s_1thread": {str(s): generator_rate(s) for s in (32, 64)}}
     batch = min(prof.train.batch_size, 128)
     res["timm"] = {str(r): compare_with_timm(replace(prof.model, num_registers=r), batch) for r in (0, 4)}
     res["data"] = data_share(prof.model, prof.data, prof.train.batch_size)
     res["analysis_vs_forward"] = {
         "profile model, batch 128": analysis_cost(prof.model, 128),
-        "ViT-S/14 at 224 px, 4 registers, batch 8": analysis_cost(vit_config("S", num_registers=4), 8),
-    }
+        "ViT-S/14 at 224 px, 4 registers, batch 8": analysis_cost(vit_config("S", num_registers=4), 8)}
     if gpu:  # MFU of a ViT-S/16 at 224 px, bf16, compiled
         cfg = vit_config("S", patch_size=16, img_size=224)
         model = cast(nn.Module, torch.compile(build_model(cfg, device="cuda").train()))

@@ -59,8 +59,7 @@ class CacheCorruptError(RuntimeError):
 
 def cache_root() -> Path:
     """The cache folder: ``$REGVIT_CACHE``, else the checkout's ``.regvit_cache``, else ``~/.cache/regvit``."""
-    env = os.environ.get(CACHE_ENV_VAR, "").strip()
-    if env:
+    if env := os.environ.get(CACHE_ENV_VAR, "").strip():
         return Path(env).expanduser().resolve()
     repo = _PACKAGE.parent
     if (repo / "pyproject.toml").is_file() and os.access(repo, os.W_OK):
@@ -129,11 +128,16 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _read(path: Path, load: Callable[[], Any], errors: tuple[type[Exception], ...]) -> Any:
+    """``load()``, with ``errors`` raised as :class:`CacheCorruptError` naming ``path``."""
+    try:
+        return load()
+    except errors as e:
+        raise CacheCorruptError(path, f"{type(e).__name__}: {e}") from e
 
 
 class Store:
@@ -169,26 +173,18 @@ class Store:
         self.checkpoint_path.unlink(missing_ok=True)
 
     def load_json(self, path: Path) -> Any:
-        try:
-            return json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CacheCorruptError(path, f"{type(e).__name__}: {e}") from e
+        return _read(path, lambda: json.loads(path.read_text()), (OSError, UnicodeDecodeError, json.JSONDecodeError))
 
     def load_tensors(self, path: Path) -> Any:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # truncated zip, bad pickle, disallowed type, ...
-            raise CacheCorruptError(path, f"{type(e).__name__}: {e}") from e
-
-    def is_complete(self) -> bool:
-        return self.result_path.exists()
+        # Any failure: truncated zip, bad pickle, disallowed type, ...
+        return _read(path, lambda: torch.load(path, map_location="cpu", weights_only=True), (Exception,))
 
     def load_result(self) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
         """The result of a finished entry and its weights (``None`` for a measurement), all checked."""
         result = self.load_json(self.result_path)
         config = self.load_json(self.config_path)
-        if not isinstance(config, dict) or config.get("key") != self.key:
-            got = config.get("key") if isinstance(config, dict) else None
+        got = config.get("key") if isinstance(config, dict) else None
+        if got != self.key:
             raise CacheCorruptError(self.config_path, f"holds key {got!r}, expected {self.key}")
         if not isinstance(result, dict):
             raise CacheCorruptError(self.result_path, "not a JSON object")
@@ -200,7 +196,7 @@ class Store:
 
     def load_or_set_aside(self) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None] | None:
         """The stored result, or ``None`` when there is none or it is corrupt (then set aside, with a warning)."""
-        if not self.is_complete():
+        if not self.result_path.exists():
             return None
         try:
             return self.load_result()
@@ -214,8 +210,7 @@ def cached(kind: str, config: Any, code: tuple[str, ...], compute: Callable[[], 
            root: Path | str | None = None) -> dict[str, Any]:
     """A measured result (a JSON-able dict), computed once per ``kind``, ``config`` and ``code``."""
     store = Store(kind, config, code, root)
-    stored = store.load_or_set_aside()
-    if stored is not None:
+    if (stored := store.load_or_set_aside()) is not None:
         return stored[0]
     result = compute()
     store.save_result(result)

@@ -3,7 +3,8 @@
 The measured dictionary each rule reads is built by a library function, one per chapter's set of
 claims (:func:`high_norm_claims`, :func:`register_claims`, :func:`ablation_claims`,
 :func:`resolution_claim`), and checked against the keys the rule needs (:data:`NEEDS`). Each
-chapter then calls :func:`record_all`; the results land in one JSON file per profile, ``<cache>/claims/<profile>.json`` (the cache folder of :func:`regvit_lib.cache.cache_root`:
+chapter then calls :func:`record_all`; the results land in one JSON file per profile,
+``<cache>/claims/<profile>.json`` (the cache folder of :func:`regvit_lib.cache.cache_root`:
 ``$REGVIT_CACHE``, else ``.regvit_cache/`` in the checkout), written atomically, so building the
 book writes the claims of the profile it ran and two profiles can be diffed.
 
@@ -23,6 +24,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -32,39 +35,10 @@ __all__ = ["CLAIMS", "PAPER", "MIN_SHARE", "TIE", "NEEDS", "verdict", "record", 
            "load_claims", "table", "high_norm_claims", "register_claims", "ablation_claims", "resolution_claim",
            "headline"]
 
-CLAIMS: dict[str, str] = {
-    "C1": "High-norm outlier tokens exist: about 2 % of patch tokens, with about 10x the norm of the others",
-    "C2": "They appear in the middle of the network, after about a third of training, in large models only",
-    "C3": "They sit on redundant patches, similar to their neighbours (background)",
-    "C4": "They hold little local information: position and pixels are poorly recovered from them",
-    "C5": "They hold global information: one outlier token classifies the image better than a normal one",
-    "C6": "Registers remove the outliers (and take over their role)",
-    "C7": "Registers cost nothing in classification and help dense tasks (segmentation, depth)",
-    "C8": "Registers help object discovery (LOST CorLoc)",
-    "A1": "One register is enough to remove the artifacts (Fig. 8)",
-    "A2": "Dense tasks have an optimal number of registers (Fig. 8)",
-    "A3": "Classification keeps improving with more registers (Fig. 8)",
-    "A4": "Position embeddings interpolated without antialiasing give striped outlier patterns (App. A)",
-}
-
-# The paper's numbers (Darcet et al. 2024), quoted.
-PAPER: dict[str, dict[str, Any]] = {
-    "C1": {"share": 0.0237, "norm_ratio": 10.0, "model": "DINOv2 ViT-g/14, norm > 150 (Fig. 3)"},
-    "C2": {"layer": "about 15 of 40", "training": "after about 1/3", "sizes": "L, H, g of Ti..g (Fig. 4)"},
-    "C3": {"where": "patches very similar to their 4 neighbours (Fig. 5a)"},
-    "C4": {"position_top1": {"normal": 41.7, "outlier": 22.8},
-           "reconstruction_l2": {"normal": 18.38, "outlier": 25.23}, "source": "Fig. 5b"},
-    "C5": {"ImageNet top-1 from one token": {"cls": 86.0, "normal": 65.8, "outlier": 69.0}, "source": "Table 1"},
-    "C6": {"where": "DINOv2, OpenCLIP, DeiT-III: outliers gone with 4 registers (Fig. 7); one suffices (Fig. 8)"},
-    "C7": {"DINOv2": {"IN top-1": [84.3, 84.8], "ADE20k mIoU": [46.6, 47.9], "NYUd RMSE": [0.378, 0.366]},
-           "source": "Table 2a, without -> with registers"},
-    "C8": {"DINOv2 VOC07 CorLoc": [35.3, 55.4], "DeiT-III VOC07 CorLoc": [11.7, 27.1],
-           "source": "Table 3, without -> with registers"},
-    "A1": {"model": "DINOv2 ViT-L/14 with 0, 1, 2, 4, 8, 16 registers", "numbers": "not published (Fig. 8)"},
-    "A2": {"model": "DINOv2 ViT-L/14", "numbers": "not published (Fig. 8)"},
-    "A3": {"model": "DINOv2 ViT-L/14", "numbers": "not published (Fig. 8); 4 registers kept"},
-    "A4": {"where": "first DINOv2 models: striped outlier positions; all results use antialiasing (App. A)"},
-}
+# The paper's claims, paraphrased, and its numbers (Darcet et al. 2024), quoted: regvit_lib/paper.json.
+_PAPER = json.loads((files("regvit_lib") / "paper.json").read_text())
+CLAIMS: dict[str, str] = {key: entry["claim"] for key, entry in _PAPER.items()}
+PAPER: dict[str, dict[str, Any]] = {key: entry["paper"] for key, entry in _PAPER.items()}
 
 MIN_SHARE = 0.005  # C1: at least 0.5 % of patch tokens above k x their image's median
 TIE = 0.01  # differences below this (accuracy, mIoU, CorLoc; RMSE: relative) count as no change
@@ -82,99 +56,100 @@ NEEDS: dict[str, tuple[str, ...]] = {
 }
 
 
+_NONE = "not at this scale"
+
+
 def _outliers(share: float | None) -> str:
     if share is None or not math.isfinite(share) or share <= 0:
         return "none"
     return "many" if share >= MIN_SHARE else "few"
 
 
+def _grade(*ok: bool) -> str:
+    """``reproduced`` when every test holds, ``partly`` when some do, else not at this scale."""
+    return "reproduced" if all(ok) else "partly" if any(ok) else _NONE
+
+
+def _cut(before: float, after: float) -> str:
+    """Registers cut the outlier share to a quarter or less: ``reproduced``; cut it at all: ``partly``."""
+    return "reproduced" if after <= 0.25 * before else "partly" if after < before else _NONE
+
+
+def _interior(by_count: dict[str, float], sign: float) -> bool:
+    """The best value (after ``sign``: larger is better) is at an intermediate count and beats both ends."""
+    vals = [sign * v for v in by_count.values()]
+    best = max(range(len(vals)), key=vals.__getitem__)
+    return 0 < best < len(vals) - 1 and vals[best] > max(vals[0], vals[-1]) + TIE * abs(vals[best])
+
+
+def _dense(w: dict[str, float], r: dict[str, float]) -> str:
+    """C7: without a classification loss, graded by the two dense gains; with one, not at this scale."""
+    gains = (r["segmentation_miou"] > w["segmentation_miou"] + TIE, r["depth_rmse"] < w["depth_rmse"] * (1 - TIE))
+    return _grade(*gains) if r["classification"] >= w["classification"] - TIE else _NONE
+
+
+def _rise(acc: list[float]) -> str:
+    """A3: the accuracy rises from the first count to the last (partly), and never drops on the way (reproduced)."""
+    rise = acc[-1] > acc[0] + TIE
+    steady = all(b >= a - TIE for a, b in zip(acc, acc[1:]))
+    return "reproduced" if rise and steady else "partly" if rise else _NONE
+
+
+# Per claim: the rule, printed beside the verdict, and the verdict it gives on the measured dictionary.
+_RULES: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
+    "C1": (f"reproduced: >= {100 * MIN_SHARE:g} % of patch tokens above k x their image's median; "
+           "partly: some, fewer; else not at this scale",
+           lambda m: {"many": "reproduced", "few": "partly", "none": _NONE}[_outliers(m["share"])]),
+    "C2": ("reproduced: the outlier share peaks in the middle third of the blocks; else partly",
+           lambda m: "reproduced" if 1 / 3 <= m["layer"] / max(m["depth"] - 1, 1) <= 2 / 3 else "partly"),
+    "C3": ("the largest tokens lie on background more often than the base rate, and their patches "
+           "are more similar to their neighbours than average: both = reproduced, one = partly",
+           lambda m: _grade(m["top_on_background"] > m["background_patches"],
+                            m["top_similarity"] > m["all_similarity"])),
+    "C4": ("outliers: lower position accuracy and higher pixel error than normal tokens; both = reproduced",
+           lambda m: _grade(m["position_top1_outlier"] < m["position_top1_normal"] - TIE,
+                            m["pixel_l2_outlier"] > m["pixel_l2_normal"])),
+    "C5": (f"reproduced: one outlier token classifies better than one normal token (by > {TIE})",
+           lambda m: _grade(m["class_outlier"] > m["class_normal"] + TIE)),
+    "C6": ("reproduced: outliers without registers, and registers cut their share to a quarter or less",
+           lambda m: _cut(m["share_without"], m["share_with"] or 0.0)),
+    "C7": (f"no classification loss (> -{TIE}), mIoU up (> +{TIE}), depth RMSE down (> {100 * TIE:g} %): "
+           "all three = reproduced; no loss and one dense gain = partly", lambda m: _dense(m["without"], m["with"])),
+    "C8": (f"reproduced: CorLoc with registers higher by > {TIE}", lambda m: _grade(m["with"] > m["without"] + TIE)),
+    "A1": ("reproduced: 1 register cuts the outlier share to a quarter or less of 0 registers'",
+           lambda m: _cut(m["share_by_count"]["0"], m["share_by_count"]["1"])),
+    "A2": (f"the best mIoU / depth RMSE is at an intermediate register count, better than both ends "
+           f"by > {100 * TIE:g} %: both = reproduced, one = partly",
+           lambda m: _grade(_interior(m["miou_by_count"], 1.0), _interior(m["rmse_by_count"], -1.0))),
+    "A3": (f"reproduced: accuracy with the most registers beats 0 registers by > {TIE} and never drops "
+           f"by > {TIE} from one count to the next; partly: the first only",
+           lambda m: _rise(list(m["acc_by_count"].values()))),
+    "A4": ("reproduced: without antialiasing more outlier tokens and a more striped mean norm map "
+           "than with it, at the downsampled resolution",
+           lambda m: _grade(m["share_no_aa"] > m["share_aa"] and m["stripe_no_aa"] > m["stripe_aa"])),
+}
+
+
 def verdict(claim: str, m: dict[str, Any]) -> tuple[str, str]:
     """The verdict on ``claim`` from our measurements ``m``, and the rule that gave it.
 
-    Expected keys of ``m`` per claim (as the chapters record them):
-    C1 ``share``, ``norm_ratio``; C2 ``share``, ``layer``, ``depth``; C3 ``share``,
-    ``top_on_background``, ``background_patches``, ``top_similarity``, ``all_similarity``;
-    C4 ``share``, position/pixel scores of ``normal`` and ``outlier``; C5 ``share``,
-    ``class_normal``, ``class_outlier``; C6 ``share_without``, ``share_with``; C7 ``without``
-    and ``with`` (classification, segmentation_miou, depth_rmse); C8 ``without``, ``with``.
+    ``m`` must hold the keys :data:`NEEDS` lists for the claim (as the chapters record them);
+    C7 reads ``classification``, ``segmentation_miou`` and ``depth_rmse`` inside ``without`` and ``with``.
     """
     if claim not in CLAIMS:
         raise KeyError(f"unknown claim {claim!r}; known: {sorted(CLAIMS)}")
-    none = "not at this scale"
     if claim in ("C2", "C3", "C4", "C5") and "share" in m and _outliers(m["share"]) == "none":
-        return none, "no outlier tokens (C1) to describe"
-    missing = [key for key in NEEDS[claim] if key not in m]
-    if missing:
+        return _NONE, "no outlier tokens (C1) to describe"
+    if missing := [key for key in NEEDS[claim] if key not in m]:
         raise KeyError(f"claim {claim} needs the measured keys {missing}; got {sorted(m)}")
-    if claim == "C1":
-        rule = (f"reproduced: >= {100 * MIN_SHARE:g} % of patch tokens above k x their image's median; "
-                "partly: some, fewer; else not at this scale")
-        return {"many": "reproduced", "few": "partly", "none": none}[_outliers(m.get("share"))], rule
-    if claim == "C2":
-        rel = m["layer"] / max(m["depth"] - 1, 1)
-        rule = "reproduced: the outlier share peaks in the middle third of the blocks; else partly"
-        return ("reproduced" if 1 / 3 <= rel <= 2 / 3 else "partly"), rule
-    if claim == "C3":
-        ok = [m["top_on_background"] > m["background_patches"], m["top_similarity"] > m["all_similarity"]]
-        rule = ("the largest tokens lie on background more often than the base rate, and their patches "
-                "are more similar to their neighbours than average: both = reproduced, one = partly")
-        return ("reproduced" if all(ok) else "partly" if any(ok) else none), rule
-    if claim == "C4":
-        ok = [m["position_top1_outlier"] < m["position_top1_normal"] - TIE,
-              m["pixel_l2_outlier"] > m["pixel_l2_normal"]]
-        rule = "outliers: lower position accuracy and higher pixel error than normal tokens; both = reproduced"
-        return ("reproduced" if all(ok) else "partly" if any(ok) else none), rule
-    if claim == "C5":
-        rule = f"reproduced: one outlier token classifies better than one normal token (by > {TIE})"
-        return ("reproduced" if m["class_outlier"] > m["class_normal"] + TIE else none), rule
-    if claim == "C6":
-        before, after = _outliers(m.get("share_without")), m.get("share_with") or 0.0
-        rule = "reproduced: outliers without registers, and registers cut their share to a quarter or less"
-        if before == "none":
-            return none, "no outlier tokens without registers (C1): nothing to remove"
-        return ("reproduced" if after <= 0.25 * m["share_without"] else "partly" if after < m["share_without"]
-                else none), rule
-    if claim == "C7":
-        w, r = m["without"], m["with"]
-        ok = [r["classification"] >= w["classification"] - TIE,
-              r["segmentation_miou"] > w["segmentation_miou"] + TIE,
-              r["depth_rmse"] < w["depth_rmse"] * (1 - TIE)]
-        rule = (f"no classification loss (> -{TIE}), mIoU up (> +{TIE}), depth RMSE down (> {100 * TIE:g} %): "
-                "all three = reproduced; no loss and one dense gain = partly")
-        return ("reproduced" if all(ok) else "partly" if ok[0] and any(ok[1:]) else none), rule
-    if claim == "A1":
-        s0, s1 = m["share_by_count"]["0"], m["share_by_count"]["1"]
-        if _outliers(s0) == "none":
-            return none, "no outlier tokens without registers: nothing to remove"
-        return ("reproduced" if s1 <= 0.25 * s0 else "partly" if s1 < s0 else none), \
-            "reproduced: 1 register cuts the outlier share to a quarter or less of 0 registers'"
-    if claim == "A2":
-        def interior(by_count: dict[str, float], sign: float) -> bool:
-            vals = [sign * v for v in by_count.values()]  # larger is better after the sign
-            best = max(range(len(vals)), key=vals.__getitem__)
-            return 0 < best < len(vals) - 1 and vals[best] > max(vals[0], vals[-1]) + TIE * abs(vals[best])
-        ok = [interior(m["miou_by_count"], 1.0), interior(m["rmse_by_count"], -1.0)]
-        rule = (f"the best mIoU / depth RMSE is at an intermediate register count, better than both ends "
-                f"by > {100 * TIE:g} %: both = reproduced, one = partly")
-        return ("reproduced" if all(ok) else "partly" if any(ok) else none), rule
-    if claim == "A3":
-        acc = list(m["acc_by_count"].values())
-        rise = acc[-1] > acc[0] + TIE
-        steady = all(b >= a - TIE for a, b in zip(acc, acc[1:]))
-        rule = (f"reproduced: accuracy with the most registers beats 0 registers by > {TIE} and never drops "
-                f"by > {TIE} from one count to the next; partly: the first only")
-        return ("reproduced" if rise and steady else "partly" if rise else none), rule
-    if claim == "A4":
-        rule = ("reproduced: without antialiasing more outlier tokens and a more striped mean norm map "
-                "than with it, at the downsampled resolution")
-        if _outliers(m["share_no_aa"]) == "none":
-            return none, "no outlier tokens at the new resolution, with or without antialiasing"
-        ok = m["share_no_aa"] > m["share_aa"] and m["stripe_no_aa"] > m["stripe_aa"]
-        return ("reproduced" if ok else none), rule
-    # C8
-    w, r = m["without"], m["with"]
-    rule = f"reproduced: CorLoc with registers higher by > {TIE}"
-    return ("reproduced" if r > w + TIE else none), rule
+    if claim == "C6" and _outliers(m["share_without"]) == "none":
+        return _NONE, "no outlier tokens without registers (C1): nothing to remove"
+    if claim == "A1" and _outliers(m["share_by_count"]["0"]) == "none":
+        return _NONE, "no outlier tokens without registers: nothing to remove"
+    if claim == "A4" and _outliers(m["share_no_aa"]) == "none":
+        return _NONE, "no outlier tokens at the new resolution, with or without antialiasing"
+    rule, judge = _RULES[claim]
+    return judge(m), rule
 
 
 def claims_path(profile: str, root: Path | str | None = None) -> Path:
@@ -192,10 +167,9 @@ def load_claims(profile: str, root: Path | str | None = None) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        doc: dict[str, Any] = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"corrupt claims file {path}: {e}; move it away to start a new one") from e
-    return doc
 
 
 def _clean(x: Any) -> Any:
@@ -204,11 +178,8 @@ def _clean(x: Any) -> Any:
         return {str(k): _clean(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [_clean(v) for v in x]
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if hasattr(x, "item"):
-        return _clean(x.item())
-    return x
+    x = x.item() if hasattr(x, "item") else x  # a tensor or numpy scalar
+    return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
 def record(profile: str, claim: str, measured: dict[str, Any], scale: str, model: str, chapter: str,
@@ -221,12 +192,9 @@ def record(profile: str, claim: str, measured: dict[str, Any], scale: str, model
     v, rule = verdict(claim, measured)
     entry = {"claim": CLAIMS[claim], "paper": PAPER.get(claim), "measured": _clean(measured), "verdict": v,
              "rule": rule, "scale": scale, "model": model, "chapter": chapter}
-    doc = load_claims(profile, root)
-    doc[claim] = entry
-    path = claims_path(profile, root)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {**load_claims(profile, root), claim: entry}
     text = json.dumps(dict(sorted(doc.items())), indent=1) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write(claims_path(profile, root), lambda f: f.write(text.encode()))
     return entry
 
 
@@ -250,7 +218,8 @@ def high_norm_claims(report: dict[str, Any], probes: dict[str, float], depth: in
     m = {key: report[key] for key in ("share", "norm_ratio", "ratio_mean", "ratio_max", "layer")}
     m.update(depth=depth, k=k)
     place = {key: report[key] for key in NEEDS["C3"][1:]}
-    return {"C1": m, "C2": {**m, "size_shares": [r["share"] for r in sizes], "size_params": [r["params"] for r in sizes]},
+    sizes_m = {"size_shares": [r["share"] for r in sizes], "size_params": [r["params"] for r in sizes]}
+    return {"C1": m, "C2": {**m, **sizes_m},
             "C3": {**m, **place}, "C4": {"share": m["share"], **{key: probes[key] for key in NEEDS["C4"][1:]}},
             "C5": {"share": m["share"], **{key: probes[key] for key in ("class_normal", "class_outlier", "class_cls")}}}
 
@@ -264,7 +233,7 @@ def register_claims(reports: list[dict[str, Any]], last_sinks: list[dict[str, An
     return {"C6": {"share_without": r0["share"], "share_with": r1["share"], "ratio_without": r0["ratio_mean"],
                    "ratio_with": r1["ratio_mean"], "sink_without": float(s0["sink_mass"]),
                    "sink_with": float(s1["sink_mass"]), "sink_with_on": str(s1["sink_on"])},
-            "C7": {"without": {key: float(d0[key]) for key in dense_keys}, "with": {key: float(d1[key]) for key in dense_keys}},
+            "C7": {name: {key: float(d[key]) for key in dense_keys} for name, d in (("without", d0), ("with", d1))},
             "C8": {"without": float(corloc[0]), "with": float(corloc[1])}}
 
 
@@ -292,7 +261,8 @@ def headline(report: dict[str, Any], k: float) -> str:
     """Chapter 2's opening sentence on one model's norms, by the C1 rule's threshold."""
     share = 100 * report["share"]
     if report["share"] >= MIN_SHARE:
-        return f"This model has high-norm outliers: {share:.2f} % of its patch tokens are above {k:g} x their image's median norm."
+        return (f"This model has high-norm outliers: {share:.2f} % of its patch tokens are above {k:g} x their "
+                "image's median norm.")
     return (f"This model shows no high-norm outliers at this scale: {share:.2f} % of its patch tokens pass {k:g} x "
             f"their image's median norm (the claims rule asks for at least {100 * MIN_SHARE:g} %), and the largest "
             f"token of an image is on average {report['ratio_mean']:.2f} x the median (the paper's are about 10 x).")

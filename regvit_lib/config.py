@@ -1,17 +1,11 @@
-"""Every setting of the book on one page: model, data, recipe, run, the profiles, chapter parameters.
+"""Every setting on one page: :class:`ModelConfig` (and the named sizes of :func:`vit_config`), the
+data sets (:class:`ScenesConfig`, :class:`FractalConfig`, :class:`ImageData`), the recipe
+(:class:`TrainConfig`), a whole run (:class:`RunConfig`: the key of a trained run in the cache) and
+the book's scales (:data:`PROFILES`; the README says what each costs, measured).
 
-Everything that decides a computation is a frozen dataclass, so a config can be hashed,
-compared, printed and varied with :func:`dataclasses.replace`. Every value is checked when the
-object is made ("validated at the door"): a bad value raises :class:`ConfigError` naming the
-field and the value, before any compute starts.
-
-* :class:`ModelConfig` -- the ViT (names follow timm's ``VisionTransformer``); :func:`vit_config`
-  gives the named sizes Ti .. g.
-* :class:`ScenesConfig`, :class:`FractalConfig`, :class:`ImageData` -- the data sets.
-* :class:`TrainConfig` -- the recipe; :class:`RunConfig` -- model + data + recipe + seed, the key
-  of a trained run in the cache.
-* :data:`PROFILES` -- the book's scales (``smoke``, ``cpu``, ``gpu``); the README says what each
-  costs, measured. A chapter's parameters cell is checked by :mod:`regvit_lib.params`.
+Each is a frozen dataclass, so a config can be hashed, compared, printed and varied with
+:func:`dataclasses.replace`, and each value is checked when the object is made: a bad value raises
+:class:`ConfigError` naming the field and the value, before any compute starts.
 """
 
 from __future__ import annotations
@@ -39,7 +33,6 @@ class ConfigError(ValueError):
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:
-    # bool is a subclass of int; a flag passed where a count belongs is a bug.
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
     if value < minimum:
@@ -66,11 +59,8 @@ def _check_range(name: str, value: object, lo: float, hi: float, hi_open: bool =
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of a ViT with optional [CLS] and register tokens.
-
-    The token sequence is ``[cls, reg_1 .. reg_R, patch_1 .. patch_N]``. Only patch tokens get a
-    (learnable) position embedding; [CLS] and registers are position-free, the DINOv2 placement.
-    """
+    """A ViT with optional [CLS] and registers: tokens ``[cls, reg_1 .. reg_R, patch_1 .. patch_N]``,
+    position embeddings on the patches only (registers as placed by DINOv2)."""
 
     img_size: int = 32  # side of the (square) input image, pixels
     patch_size: int = 4  # side of a square patch; must divide img_size
@@ -172,11 +162,10 @@ class _Splits:
 
 @dataclass(frozen=True)
 class ScenesConfig(_Splits):
-    """The procedural scenes (:mod:`regvit_lib.scenes`). Two equal configs render identical images.
+    """The procedural scenes (:mod:`regvit_lib.scenes`); two equal configs render identical images.
 
-    The class label is the number of objects (``task="count"``) or the most numerous shape
-    (``task="majority"``: the majority shape appears 2..``max_per_shape`` times, each other shape
-    fewer), so at most ``max_per_shape + (len(shapes) - 1) * (max_per_shape - 1)`` objects.
+    The label is the number of objects (``task="count"``) or the most numerous shape (``"majority"``:
+    it appears 2..``max_per_shape`` times, each other shape fewer).
     """
 
     img_size: int = 32
@@ -231,11 +220,8 @@ class ScenesConfig(_Splits):
 
 @dataclass(frozen=True)
 class FractalConfig(_Splits):
-    """Iterated-function-system fractals on black, FractalDB-style (Kataoka et al. 2020; :mod:`regvit_lib.data`).
-
-    Each class is one random IFS of ``maps`` contractive affine maps drawn from ``(seed, class)``;
-    an image renders ``points`` attractor points with the coefficients jittered by up to ``jitter``.
-    """
+    """FractalDB-style fractals on black (Kataoka et al. 2020; :mod:`regvit_lib.data`): a class is a random
+    system of ``maps`` contractive affine maps; an image, ``points`` points of its jittered attractor."""
 
     img_size: int = 32
     num_classes: int = 10
@@ -260,11 +246,8 @@ RealName = Literal["cifar10", "stl10", "imagenette", "folder"]
 
 @dataclass(frozen=True)
 class ImageData:
-    """A real image data set read through torchvision (class labels only; :mod:`regvit_lib.data`).
-
-    ``folder`` reads ``root/<split>/<class>/<image>``; the others download into ``root`` when
-    ``download`` is true and a network is there.
-    """
+    """A real image set through torchvision (:mod:`regvit_lib.data`): ``folder`` reads
+    ``root/<split>/<class>/<image>``; the others download into ``root`` when ``download`` is true."""
 
     name: RealName = "folder"
     root: str = "data/images"
@@ -355,11 +338,7 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class Profile:
-    """One scale of the whole book: model, data, recipe, seed and the number of seeds.
-
-    Every chapter trains ``profile.run(...)`` variants of it through the cache, so each
-    configuration trains once for the whole book.
-    """
+    """One scale of the whole book; chapters train ``profile.run(...)`` variants of it through the cache."""
 
     name: str
     description: str
@@ -417,10 +396,7 @@ def get_profile(name: str) -> Profile:
 
 
 def default_profile_name() -> str:
-    """The profile a chapter runs when nobody injects one: ``$REGVIT_PROFILE``, else ``cpu``.
-
-    nbval cannot inject papermill parameters, so the environment picks its profile.
-    """
+    """The profile a chapter runs when nobody injects one (nbval cannot): ``$REGVIT_PROFILE``, else ``cpu``."""
     name = os.environ.get(PROFILE_ENV_VAR, "cpu").strip()
     if name not in PROFILES:
         raise ConfigError(f"environment variable {PROFILE_ENV_VAR}={name!r} names no profile; "

@@ -5,8 +5,6 @@ with :func:`regvit_lib.scenes.scene_stats`, for the data of the ``cpu`` and ``gp
 card (``README.md``), its figures and ``stats.json`` are all written by this module.
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 from dataclasses import replace
@@ -29,24 +27,19 @@ def write_card(out: Path, n: int = 2_000) -> dict[str, dict]:
     from . import plots
 
     out.mkdir(parents=True, exist_ok=True)
-    stats = {}
-    for name in ("cpu", "gpu"):
-        prof = get_profile(name)
-        stats[name] = scene_stats(prof.data, prof.model.patch_size, n=n)
+    stats = {p.name: scene_stats(p.data, p.model.patch_size, n=n) for p in map(get_profile, ("cpu", "gpu"))}
     cpu = get_profile("cpu")
     plots.use_style()
     big = replace(cpu.data, img_size=64)
     rows = {bg: render_scenes(replace(big, backgrounds=(bg,)), "val", np.arange(6)) for bg in big.backgrounds}
-    fig = plots.scenes_grid(rows, [f"{k + 1} object{'s' if k else ''}" for k in range(big.num_classes)])
-    fig.savefig(out / "grid.png")
-    fig = plots.scene_labels(render_scenes(big, "val", [3]), 0, patch_size=8)
-    fig.savefig(out / "labels.png")
-    table = "\n".join(
-        f"| `{k}` | {s['img_size']} | {s['patch_size']} | {s['objects_mean']:.2f} | "
-        f"{100 * s['object_pixels']:.1f} % | {100 * s['background_patches']:.1f} % |"
-        for k, s in stats.items())
-    kinds = "\n".join(f"| `{k}` | {v['images']} | {100 * v['background_patches']:.1f} % | {v['background_spread']:.3f} |"
-                      for k, v in stats["cpu"]["per_background"].items())
+    names = [f"{k + 1} object{'s' if k else ''}" for k in range(big.num_classes)]
+    plots.scenes_grid(rows, names).savefig(out / "grid.png")
+    plots.scene_labels(render_scenes(big, "val", [3]), 0, patch_size=8).savefig(out / "labels.png")
+    table = "\n".join(f"| `{k}` | {s['img_size']} | {s['patch_size']} | {s['objects_mean']:.2f} | "
+                      f"{100 * s['object_pixels']:.1f} % | {100 * s['background_patches']:.1f} % |"
+                      for k, s in stats.items())
+    kinds = "\n".join(f"| `{k}` | {v['images']} | {100 * v['background_patches']:.1f} % | "
+                      f"{v['background_spread']:.3f} |" for k, v in stats["cpu"]["per_background"].items())
     classes = ", ".join(f"{100 * c:.1f} %" for c in stats["cpu"]["class_share"])
     (out / "README.md").write_text(_CARD.read_text().format(images=n, table=table, kinds=kinds, classes=classes,
                                                 max_objects=cpu.data.max_objects, last_class=cpu.data.max_objects - 1,

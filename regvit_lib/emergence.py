@@ -3,9 +3,9 @@
 ``python -m regvit_lib.emergence --profile cpu --out data/emergence`` trains (or reads from the
 cache) every point of the study and writes one small JSON file; every row is stamped with the
 code version of the cache key, the git commit and the command that made it
-(``--axes objective`` re-runs one axis and keeps the file's other rows with their stamps): per run, its configuration hash, compute,
-accuracy, and at every evaluation the per-layer summaries recorded by the
-training loop -- the per-image max/median patch-norm ratio, the share of patch tokens above
+(``--axes objective`` re-runs one axis and keeps the file's other rows with their stamps): per
+run, its configuration hash, compute, accuracy, and at every evaluation the per-layer summaries
+recorded by the training loop -- the per-image max/median patch-norm ratio, the share of patch tokens above
 ``k`` x their image's median, and the attention-sink mass, kind and position stability.
 
 Each *axis* varies one thing around the profile's recipe (``profile.run()``):
@@ -25,13 +25,13 @@ Each *axis* varies one thing around the profile's recipe (``profile.run()``):
 Norm ratios are taken over blocks 1 and up: block 0 reacts to the raw contrast of the input.
 """
 
-from __future__ import annotations
-
 import argparse
 import json
+import subprocess
 import sys
 import time
 from dataclasses import replace
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from .scenes import background_patches, render_scenes
 from .summaries import RATIO_BINS, studied_block
 from .train import TRAIN_CODE, TrainedRun, train
 
-__all__ = ["study_points", "summarize", "run_study", "study_table", "load_study", "stored_study", "headline",
+__all__ = ["study_points", "run_study", "study_table", "load_study", "stored_study", "headline",
            "headline_texts", "COMPUTE_AXES", "STUDY_DIR", "main"]
 
 # The axes along which only the compute (and the seed) changes: the study's compute axis.
@@ -60,72 +60,65 @@ def study_points(profile: Profile) -> list[tuple[str, str, RunConfig]]:
     base = profile.run()
     m, t, d = base.model, base.train, profile.data
 
+    def with_model(**kw: Any) -> RunConfig:
+        return replace(base, model=replace(m, **kw))
+
     def with_train(**kw: Any) -> RunConfig:
         return replace(base, train=replace(t, **kw))
 
-    def with_steps(f: float, seed: int) -> RunConfig:
-        if f == 1:
-            return replace(base, seed=seed)
+    def with_steps(f: float, seed: int) -> RunConfig:  # x1: the profile's own run, whose cache is shared
         steps = int(t.steps * f)
-        return replace(with_train(steps=steps, warmup_steps=max(1, int(t.warmup_steps * f)),
-                                  eval_every=max(1, steps // 6), checkpoint_every=max(1, steps // 6)), seed=seed)
+        every = max(1, steps // 6)
+        scaled = with_train(steps=steps, warmup_steps=max(1, int(t.warmup_steps * f)), eval_every=every,
+                            checkpoint_every=every)
+        return replace(base if f == 1 else scaled, seed=seed)
 
-    pts: list[tuple[str, str, RunConfig]] = [("baseline", "profile recipe", base)]
-    for f in (0.5, 2, 4):
-        pts.append(("compute", f"steps x{f:g}", with_steps(f, base.seed)))
-    # Two more seeds of the compute axis: is a trend a trend, or one seed's luck?
-    for seed in (base.seed + 1, base.seed + 2):
-        for f in (1, 2, 4):
-            pts.append(("seeds", f"steps x{f:g}, seed {seed}", with_steps(f, seed)))
-    pts.append(("tokens", f"patch {2 * m.patch_size} ({(m.img_size // (2 * m.patch_size)) ** 2} tokens)",
-                replace(base, model=replace(m, patch_size=2 * m.patch_size))))
-    pts.append(("pooling", "average pooling", replace(base, model=replace(m, global_pool="avg"))))
-    pts.append(("optimiser", "weight decay 0.3", with_train(weight_decay=0.3)))
-    pts.append(("optimiser", "peak lr x2.5", with_train(lr=t.lr * 2.5)))
-    pts.append(("shape", f"wider, shallower ({int(m.embed_dim * 1.5)} x {m.depth // 2})",
-                replace(base, model=replace(m, embed_dim=int(m.embed_dim * 1.5), depth=max(1, m.depth // 2),
-                                            num_heads=m.num_heads))))
-    pts.append(("shape", f"narrower, deeper ({m.embed_dim // 2 + m.embed_dim // 4} x {m.depth * 2})",
-                replace(base, model=replace(m, embed_dim=m.embed_dim // 2 + m.embed_dim // 4, depth=m.depth * 2,
-                                            num_heads=m.num_heads // 2 or 1))))
-    for bg in ("flat", "noise", "texture"):
-        pts.append(("data", f"{bg} backgrounds only", replace(base, data=replace(d, backgrounds=(bg,)))))
+    patch, wide, narrow = 2 * m.patch_size, int(m.embed_dim * 1.5), m.embed_dim // 2 + m.embed_dim // 4
     frac = FractalConfig(img_size=d.img_size, num_classes=10, train_size=d.train_size, val_size=d.val_size,
                          test_size=d.test_size)
-    pts.append(("data", "fractals on black", replace(base, data=frac, model=replace(m, num_classes=10))))
     # DINO's learning rate is lower than the supervised one (DINO: 5e-4 per 256 images); at the
     # profile's supervised rate, 2e-3, the small DINO drifted towards uniform attention.
     dino = replace(t, objective="dino", lr=min(t.lr, 5e-4))
-    pts.append(("objective", "DINO self-distillation", replace(base, model=replace(m, num_classes=0), train=dino)))
-    pts.append(("objective", "DINO, 4 registers",
-                replace(base, model=replace(m, num_classes=0, num_registers=4), train=dino)))
-    pts.append(("registers", "4 registers", replace(base, model=replace(m, num_registers=4))))
-    pts.append(("registers", "4 registers, average pooling",
-                replace(base, model=replace(m, num_registers=4, global_pool="avg"))))
-    return pts
+    return [
+        ("baseline", "profile recipe", base),
+        *[("compute", f"steps x{f:g}", with_steps(f, base.seed)) for f in (0.5, 2, 4)],
+        # Two more seeds of the compute axis: is a trend a trend, or one seed's luck?
+        *[("seeds", f"steps x{f:g}, seed {seed}", with_steps(f, seed))
+          for seed in (base.seed + 1, base.seed + 2) for f in (1, 2, 4)],
+        ("tokens", f"patch {patch} ({(m.img_size // patch) ** 2} tokens)", with_model(patch_size=patch)),
+        ("pooling", "average pooling", with_model(global_pool="avg")),
+        ("optimiser", "weight decay 0.3", with_train(weight_decay=0.3)),
+        ("optimiser", "peak lr x2.5", with_train(lr=t.lr * 2.5)),
+        ("shape", f"wider, shallower ({wide} x {m.depth // 2})", with_model(embed_dim=wide, depth=m.depth // 2 or 1)),
+        ("shape", f"narrower, deeper ({narrow} x {m.depth * 2})",
+         with_model(embed_dim=narrow, depth=m.depth * 2, num_heads=m.num_heads // 2 or 1)),
+        *[("data", f"{bg} backgrounds only", replace(base, data=replace(d, backgrounds=(bg,))))
+          for bg in ("flat", "noise", "texture")],
+        ("data", "fractals on black", replace(base, data=frac, model=replace(m, num_classes=10))),
+        ("objective", "DINO self-distillation", replace(base, model=replace(m, num_classes=0), train=dino)),
+        ("objective", "DINO, 4 registers", replace(base, model=replace(m, num_classes=0, num_registers=4), train=dino)),
+        ("registers", "4 registers", with_model(num_registers=4)),
+        ("registers", "4 registers, average pooling", with_model(num_registers=4, global_pool="avg")),
+    ]
 
 
 def _share_above(hist: list[int], k: float) -> float:
     """Share of tokens whose norm is above ``k`` x their image's median (bin resolution)."""
     h = np.asarray(hist, dtype=float)
-    left = RATIO_BINS[:-1]
-    return float(h[left >= np.log2(k) - 1e-9].sum() / max(h.sum(), 1.0))
+    return float(h[RATIO_BINS[:-1] >= np.log2(k) - 1e-9].sum() / max(h.sum(), 1.0))
 
 
 def _record_summary(rec: dict[str, Any], k: float) -> dict[str, Any]:
-    best = studied_block([layer["ratio_mean"] for layer in rec["norms"]])
-    layers = rec["norms"][1:] or rec["norms"]  # blocks 1.. (block 0 reacts to input contrast)
-    sinks = rec["sinks"]
+    norms, sinks = rec["norms"], rec["sinks"]
+    best = studied_block([layer["ratio_mean"] for layer in norms])
+    layers = norms[1:] or norms  # blocks 1.. (block 0 reacts to input contrast)
     s = max(range(len(sinks)), key=lambda i: sinks[i]["mass"])
-    return {
-        "step": rec["step"], "train_flops": rec["train_flops"], "val_acc": rec["val_acc"],
-        "ratio_mean": rec["norms"][best]["ratio_mean"], "ratio_mean_layer": best,
-        "ratio_max": max(layer["ratio_max"] for layer in layers),
-        "outlier_share": max(_share_above(layer["hist"], k) for layer in layers),
-        "sink_mass": sinks[s]["mass"], "sink_layer": s, "sink_kind": max(sinks[s]["kind"], key=sinks[s]["kind"].get),
-        "sink_fixed": sinks[s]["fixed"],
-        "reg_norm": max((layer["reg"] for layer in layers if layer["reg"] is not None), default=None),
-    }
+    return {**{key: rec[key] for key in ("step", "train_flops", "val_acc")}, "ratio_mean": norms[best]["ratio_mean"],
+            "ratio_mean_layer": best, "ratio_max": max(layer["ratio_max"] for layer in layers),
+            "outlier_share": max(_share_above(layer["hist"], k) for layer in layers), "sink_mass": sinks[s]["mass"],
+            "sink_layer": s, "sink_kind": max(sinks[s]["kind"], key=sinks[s]["kind"].get),
+            "sink_fixed": sinks[s]["fixed"],
+            "reg_norm": max((layer["reg"] for layer in layers if layer["reg"] is not None), default=None)}
 
 
 def placement(run: TrainedRun, layer: int, n_images: int = 256) -> dict[str, float]:
@@ -137,39 +130,33 @@ def placement(run: TrainedRun, layer: int, n_images: int = 256) -> dict[str, flo
         that are background), ``top_similarity`` / ``all_similarity`` (mean cosine similarity
         to the 4 neighbours after the patch embedding, of those tokens / of all patches).
     """
-    src = make_source(run.config.data)
-    idx = np.arange(min(n_images, src.split_size("val")))
-    images, labels = src.batch("val", idx)
+    data = run.config.data
+    idx = np.arange(min(n_images, make_source(data).split_size("val")))
+    if isinstance(data, ScenesConfig):  # rendered once: images, labels and the objects' segmentation
+        images, labels, objects = render_scenes(data, "val", idx)[:3]
+    else:  # fractals: the objects are the non-black pixels
+        images, labels = make_source(data).batch("val", idx)
+        objects = images.sum(1)
     feats = collect(run.model, images, labels, attn=False)
-    data = run.config.data  # objects: a scene's segmentation; a fractal's non-black pixels
-    objects = render_scenes(data, "val", idx).seg if isinstance(data, ScenesConfig) else images.sum(1)
     return top_token_placement(feats, background_patches(objects, run.config.model.patch_size), layer)
-
-
-def summarize(run: TrainedRun, k: float = 4.0) -> dict[str, Any]:
-    """One row of the study: the final evaluation's summary, where the largest tokens sit, and
-    the curve over training."""
-    final = _record_summary(run.curves[-1], k)
-    return {"key": run.key[:24], "params": run.metrics["params"], "train_flops": run.metrics["train_flops"],
-            "test_acc": run.metrics["test_acc"], "train_seconds": run.metrics["train_seconds"],
-            "device": run.metrics["device"], **{f"final_{a}": b for a, b in final.items()},
-            **placement(run, final["ratio_mean_layer"]),
-            "curve": [_record_summary(rec, k) for rec in run.curves]}
 
 
 def run_study(profile: Profile, root: Path | str | None = None, progress: bool = False, k: float = 4.0,
               axes: set[str] | None = None) -> list[dict[str, Any]]:
-    """Train or load every point of the study (or those of the given ``axes``); a row per point."""
+    """Train or load every point of the study (or those of the given ``axes``); a row per point:
+    the run's final evaluation (``final_*``), where its largest tokens sit (:func:`placement`) and
+    the ``curve`` of those summaries over training."""
     rows = []
-    for axis, label, run in study_points(profile):
-        if axes is not None and axis not in axes:
-            continue
+    for axis, label, run in [p for p in study_points(profile) if axes is None or p[0] in axes]:
         t = time.perf_counter()
         trained = train(run, root=root, progress=progress)
-        r = {"axis": axis, "label": label, "cached": trained.cached, "call_seconds": time.perf_counter() - t,
-             **summarize(trained, k)}
+        seconds, final = time.perf_counter() - t, _record_summary(trained.curves[-1], k)
+        r = {"axis": axis, "label": label, "cached": trained.cached, "call_seconds": seconds, "key": trained.key[:24]}
+        r |= {name: trained.metrics[name] for name in ("params", "train_flops", "test_acc", "train_seconds", "device")}
+        r |= {f"final_{a}": b for a, b in final.items()} | placement(trained, final["ratio_mean_layer"])
+        r["curve"] = [_record_summary(rec, k) for rec in trained.curves]
         rows.append(r)
-        took = "cached" if trained.cached else f"{r['call_seconds']:.0f} s"
+        took = "cached" if trained.cached else f"{seconds:.0f} s"
         print(f"{axis:10s} {label:40s} ratio {r['final_ratio_mean']:.2f} sink {r['final_sink_mass']:.2f} "
               f"({r['final_sink_kind']}) acc {r['test_acc']:.3f} {took}", file=sys.stderr)
     return rows
@@ -177,19 +164,17 @@ def run_study(profile: Profile, root: Path | str | None = None, progress: bool =
 
 def study_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """The study as a table of snake_case records: one per run, the final evaluation's numbers."""
-    return pd.DataFrame([{
-        "axis": r["axis"], "run": r["label"], "params_m": r["params"] / 1e6, "train_pflops": r["train_flops"] / 1e15,
-        "test_acc": r["test_acc"], "ratio_mean": r["final_ratio_mean"], "ratio_max": r["final_ratio_max"],
-        "outlier_share": r["final_outlier_share"], "sink_mass": r["final_sink_mass"], "sink_on": r["final_sink_kind"],
-        "sink_fixed": r["final_sink_fixed"], "top_on_background": r["top_on_background"],
-        "background_patches": r["background_patches"],
-    } for r in rows])
+    return pd.DataFrame([
+        {"axis": r["axis"], "run": r["label"], "params_m": r["params"] / 1e6, "train_pflops": r["train_flops"] / 1e15,
+         "test_acc": r["test_acc"], "ratio_mean": r["final_ratio_mean"], "ratio_max": r["final_ratio_max"],
+         "outlier_share": r["final_outlier_share"], "sink_mass": r["final_sink_mass"], "sink_on": r["final_sink_kind"],
+         "sink_fixed": r["final_sink_fixed"], "top_on_background": r["top_on_background"],
+         "background_patches": r["background_patches"]} for r in rows])
 
 
 def load_study(path: Path | str) -> dict[str, Any]:
     """A study file written by :func:`main` (``data/emergence/<profile>.json``)."""
-    doc: dict[str, Any] = json.loads(Path(path).read_text())
-    return doc
+    return json.loads(Path(path).read_text())
 
 
 def stored_study(profile: str, folder: Path | str = STUDY_DIR) -> tuple[dict[str, Any], Path]:
@@ -200,8 +185,7 @@ def stored_study(profile: str, folder: Path | str = STUDY_DIR) -> tuple[dict[str
         the numbers belong to, and ``"command"`` how they were made.
     """
     folder = Path(folder)
-    for name in (profile, "cpu"):
-        path = folder / f"{name}.json"
+    for path in (folder / f"{profile}.json", folder / "cpu.json"):
         if path.is_file():
             return load_study(path), path
     raise FileNotFoundError(f"no stored study in {folder}; run: python -m regvit_lib.emergence --profile {profile}")
@@ -215,7 +199,8 @@ def headline(rows: list[dict[str, Any]], paper_ratio: float = 10.0, sink_level: 
         ``layer``; ``best_ratio_any`` (over single images); ``best_share`` (largest outlier
         share) with ``share_run`` and where that run's largest tokens sit
         (``share_on_background`` against ``share_background_patches``); ``best_sink`` (largest
-        sink mass) with ``sink_run``, ``sink_kind``, ``sink_fixed``; ``max_flops``; where the best run's largest tokens sit
+        sink mass) with ``sink_run``, ``sink_kind``, ``sink_fixed``; ``max_flops``; where the best run's
+        largest tokens sit
         (``top_on_background`` against the base rate ``background_patches``, ``top_similarity``
         against ``all_similarity``) and ``max_top_on_background`` over all runs (in run
         ``max_top_run``, whose ratio is ``max_top_ratio``); and from the compute axis (with its
@@ -228,93 +213,79 @@ def headline(rows: list[dict[str, Any]], paper_ratio: float = 10.0, sink_level: 
         any compute run's strongest sink took at least ``sink_level`` of the attention (``None``
         if none did), with ``sink_onset_step``.
     """
-    best = max(rows, key=lambda r: r["final_ratio_mean"])
-    sink = max(rows, key=lambda r: r["final_sink_mass"])
-    comp = sorted((r for r in rows if r["axis"] in COMPUTE_AXES), key=lambda r: r["train_flops"])
-    x = np.log10([r["train_flops"] for r in comp])
-    y = np.array([r["final_ratio_mean"] for r in comp])
+    best, sink, most, on_bg = (max(rows, key=itemgetter(col)) for col in
+                               ("final_ratio_mean", "final_sink_mass", "final_outlier_share", "top_on_background"))
+    comp = sorted((r for r in rows if r["axis"] in COMPUTE_AXES), key=itemgetter("train_flops"))
+    flops = np.array([r["train_flops"] for r in comp])
+    x, y = np.log10(flops), np.array([r["final_ratio_mean"] for r in comp])
     slope, icpt = np.polyfit(x, y, 1) if len(set(x)) >= 2 else (0.0, float(y.mean()) if len(y) else 0.0)
-    slope_se = None  # standard error of the slope (ordinary least squares), from 3 points up
-    if len(set(x)) >= 2 and len(x) >= 3:
-        resid = y - (slope * x + icpt)
-        slope_se = float(np.sqrt(resid @ resid / (len(x) - 2) / ((x - x.mean()) @ (x - x.mean()))))
-    on_bg = max(rows, key=lambda r: r["top_on_background"])
-    most = max(rows, key=lambda r: r["final_outlier_share"])
+    resid = y - (slope * x + icpt)  # the slope's standard error (ordinary least squares), from 3 points up:
+    slope_se = (float(np.sqrt(resid @ resid / (len(x) - 2) / ((x - x.mean()) @ (x - x.mean()))))
+                if len(set(x)) >= 2 and len(x) >= 3 else None)
     by_compute = [{"train_flops": f, "seeds": int(len(v)), "ratio_mean": float(np.mean(v)),
                    "ratio_sd": float(np.std(v, ddof=1)) if len(v) > 1 else None}
-                  for f in sorted({r["train_flops"] for r in comp})
-                  for v in [np.array([r["final_ratio_mean"] for r in comp if r["train_flops"] == f])]]
+                  for f in sorted({r["train_flops"] for r in comp}) for v in [y[flops == f]]]
     sds = [c["ratio_sd"] for c in by_compute if c["ratio_sd"] is not None]
     sunk = [p for r in comp for p in r["curve"] if p["sink_mass"] >= sink_level] if comp and "curve" in comp[0] else []
-    onset = min(sunk, key=lambda p: p["train_flops"]) if sunk else None
-    return {
-        "best_ratio": best["final_ratio_mean"], "run": best["label"], "layer": best["final_ratio_mean_layer"],
-        "best_ratio_any": max(r["final_ratio_max"] for r in rows),
-        "best_share": most["final_outlier_share"], "share_run": most["label"],
-        "share_on_background": most["top_on_background"], "share_background_patches": most["background_patches"],
-        "best_sink": sink["final_sink_mass"], "sink_run": sink["label"], "sink_kind": sink["final_sink_kind"],
-        "sink_fixed": sink["final_sink_fixed"], "max_flops": max(r["train_flops"] for r in rows),
-        "top_on_background": best["top_on_background"], "background_patches": best["background_patches"],
-        "top_similarity": best["top_similarity"], "all_similarity": best["all_similarity"],
-        "max_top_on_background": on_bg["top_on_background"], "max_top_run": on_bg["label"],
-        "max_top_ratio": on_bg["final_ratio_mean"],
-        "slope": float(slope), "slope_se": slope_se,
-        "flops_to_paper": float(10 ** ((paper_ratio - icpt) / slope)) if slope > 1e-6 else None,
-        "by_compute": by_compute, "seed_sd": max(sds) if sds else None,
-        "sink_onset": None if onset is None else onset["train_flops"],
-        "sink_onset_step": None if onset is None else onset["step"],
-    }
+    onset = min(sunk, key=itemgetter("train_flops")) if sunk else None
+    return {"best_ratio": best["final_ratio_mean"], "run": best["label"], "layer": best["final_ratio_mean_layer"],
+            "best_ratio_any": max(r["final_ratio_max"] for r in rows), "best_share": most["final_outlier_share"],
+            "share_run": most["label"], "share_on_background": most["top_on_background"],
+            "share_background_patches": most["background_patches"], "best_sink": sink["final_sink_mass"],
+            "sink_run": sink["label"], "sink_kind": sink["final_sink_kind"], "sink_fixed": sink["final_sink_fixed"],
+            "max_flops": max(r["train_flops"] for r in rows), "top_on_background": best["top_on_background"],
+            "background_patches": best["background_patches"], "top_similarity": best["top_similarity"],
+            "all_similarity": best["all_similarity"], "max_top_on_background": on_bg["top_on_background"],
+            "max_top_run": on_bg["label"], "max_top_ratio": on_bg["final_ratio_mean"], "slope": float(slope),
+            "slope_se": slope_se,
+            "flops_to_paper": float(10 ** ((paper_ratio - icpt) / slope)) if slope > 1e-6 else None,
+            "by_compute": by_compute, "seed_sd": max(sds) if sds else None,
+            "sink_onset": None if onset is None else onset["train_flops"],
+            "sink_onset_step": None if onset is None else onset["step"]}
 
 
 def headline_texts(h: dict[str, Any], k: float = 4.0) -> dict[str, str]:
     """The study's numbers as the chapter prints them (name -> text), from :func:`headline`."""
-    pct = lambda x: f"{100 * x:.0f}"  # noqa: E731
-    if h["best_share"] == 0 and h["best_ratio"] < k:
-        verdict = "No run develops high-norm outliers."
-    else:
-        where = ("on background, where the paper's outliers sit" if h["share_on_background"] > h["share_background_patches"]
+    verdict = "No run develops high-norm outliers."
+    if not (h["best_share"] == 0 and h["best_ratio"] < k):
+        on_background = h["share_on_background"] > h["share_background_patches"]
+        where = ("on background, where the paper's outliers sit" if on_background
                  else "but its largest tokens lie on objects, not on the redundant background where the paper's "
                       "outliers sit")
         verdict = (f"The most tokens above {k:g} times their image's median are in {h['share_run']}: "
                    f"{100 * h['best_share']:.2f} % of its patch tokens, {where}.")
-    if h["flops_to_paper"] is None:
-        extrapolation = "never: the ratio does not grow with compute"
-    else:
+    extrapolation = "never: the ratio does not grow with compute"
+    if h["flops_to_paper"] is not None:
         extrapolation = f"at {h['flops_to_paper']:.0e} training FLOPs"
         if h["slope_se"] is not None and h["slope"] < 2 * h["slope_se"]:
             extrapolation += (f", a number that means little: the slope, {h['slope']:+.2f} per tenfold compute, is "
                               f"within two standard errors ({h['slope_se']:.2f} each) of zero")
-    return {
-        "best_ratio": f"{h['best_ratio']:.2f}", "best_run": h["run"], "best_layer": str(h["layer"]),
-        "best_ratio_any": f"{h['best_ratio_any']:.2f}", "best_share": f"{100 * h['best_share']:.2f}",
-        "best_sink": f"{h['best_sink']:.2f}", "sink_run": h["sink_run"], "sink_kind": h["sink_kind"],
-        "sink_fixed": pct(h["sink_fixed"]), "max_flops": f"{h['max_flops']:.1e}", "slope": f"{h['slope']:+.2f}",
-        "k": f"{k:g}", "top_bg": pct(h["top_on_background"]), "base_bg": pct(h["background_patches"]),
-        "top_sim": f"{h['top_similarity']:.2f}", "all_sim": f"{h['all_similarity']:.2f}",
-        "max_top_bg": pct(h["max_top_on_background"]),
-        "placement": "objects, the non-redundant patches; the paper's outliers sit on redundant background"
-                     if h["top_on_background"] < h["background_patches"] else
-                     "background, more often than chance: where the paper's outliers sit",
-        "verdict": verdict, "slope_se": "n/a" if h["slope_se"] is None else f"{h['slope_se']:.2f}",
-        "max_top_run": h["max_top_run"], "max_top_ratio": f"{h['max_top_ratio']:.2f}",
-        "max_top_kind": "a background token that stands out a little, not an outlier" if h["max_top_ratio"] < k
-                        else "an outlier on background, as in the paper",
-        "seed_sd": "n/a (one seed)" if h["seed_sd"] is None else f"{h['seed_sd']:.2f}",
-        "sink_onset": "never" if h["sink_onset"] is None else f"{h['sink_onset']:.1e}",
-        "sink_onset_step": str(h["sink_onset_step"]), "extrapolation": extrapolation,
-    }
+    return {"best_ratio": f"{h['best_ratio']:.2f}", "best_run": h["run"], "best_layer": str(h["layer"]),
+            "best_ratio_any": f"{h['best_ratio_any']:.2f}", "best_share": f"{100 * h['best_share']:.2f}",
+            "best_sink": f"{h['best_sink']:.2f}", "sink_run": h["sink_run"], "sink_kind": h["sink_kind"],
+            "sink_fixed": f"{100 * h['sink_fixed']:.0f}", "max_flops": f"{h['max_flops']:.1e}",
+            "slope": f"{h['slope']:+.2f}", "k": f"{k:g}", "top_bg": f"{100 * h['top_on_background']:.0f}",
+            "base_bg": f"{100 * h['background_patches']:.0f}", "top_sim": f"{h['top_similarity']:.2f}",
+            "all_sim": f"{h['all_similarity']:.2f}", "max_top_bg": f"{100 * h['max_top_on_background']:.0f}",
+            "placement": "objects, the non-redundant patches; the paper's outliers sit on redundant background"
+                         if h["top_on_background"] < h["background_patches"] else
+                         "background, more often than chance: where the paper's outliers sit",
+            "verdict": verdict, "slope_se": "n/a" if h["slope_se"] is None else f"{h['slope_se']:.2f}",
+            "max_top_run": h["max_top_run"], "max_top_ratio": f"{h['max_top_ratio']:.2f}",
+            "max_top_kind": "a background token that stands out a little, not an outlier" if h["max_top_ratio"] < k
+                            else "an outlier on background, as in the paper",
+            "seed_sd": "n/a (one seed)" if h["seed_sd"] is None else f"{h['seed_sd']:.2f}",
+            "sink_onset": "never" if h["sink_onset"] is None else f"{h['sink_onset']:.1e}",
+            "sink_onset_step": str(h["sink_onset_step"]), "extrapolation": extrapolation}
 
 
 def git_commit() -> str | None:
     """The checkout's commit, if the library runs from a git checkout (for the record)."""
-    import subprocess
-
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
+    except OSError:
         return None
-    return out.stdout.strip() or None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -326,23 +297,22 @@ def main(argv: list[str] | None = None) -> None:
                     "existing file, its rows of these axes are replaced and the others kept")
     args = ap.parse_args(argv)
     prof = get_profile(args.profile)
-    known = {a for a, _, _ in study_points(prof)}
-    if args.axes is not None and not set(args.axes) <= known:
-        ap.error(f"unknown axes {sorted(set(args.axes) - known)}; known: {sorted(known)}")
+    points = study_points(prof)
+    known, axes = {a for a, _, _ in points}, None if args.axes is None else set(args.axes)
+    if axes is not None and not axes <= known:
+        ap.error(f"unknown axes {sorted(axes - known)}; known: {sorted(known)}")
     command = "python -m regvit_lib.emergence " + " ".join(argv if argv is not None else sys.argv[1:])
     stamp = {"code": code_version(TRAIN_CODE), "commit": git_commit(), "command": command}
-    rows = [{**r, **stamp} for r in run_study(prof, k=args.k, axes=None if args.axes is None else set(args.axes))]
-    out = Path(args.out)
-    path = out / f"{prof.name}.json"
-    if args.axes is not None and path.is_file():  # keep the other axes' rows, each with its own stamp
+    rows = [{**r, **stamp} for r in run_study(prof, k=args.k, axes=axes)]
+    path = Path(args.out) / f"{prof.name}.json"
+    if axes is not None and path.is_file():  # keep the other axes' rows, each with its own stamp
         old = load_study(path)
         if old.get("k") != args.k:
             ap.error(f"{path} was made with k={old.get('k')}, not {args.k}; re-run all axes")
-        kept = [{**{key: old.get(key) for key in ("code", "commit", "command")}, **r}
-                for r in old["rows"] if r["axis"] not in set(args.axes)]
-        order = [label for _, label, _ in study_points(prof)]  # study order; unknown labels last
+        kept = [{**{key: old.get(key) for key in stamp}, **r} for r in old["rows"] if r["axis"] not in axes]
+        order = [label for _, label, _ in points]  # study order; unknown labels last
         rows = sorted(kept + rows, key=lambda r: order.index(r["label"]) if r["label"] in order else len(order))
-    out.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"command": command, "profile": prof.name, "k": args.k, **stamp, "rows": rows,
            "code_versions": sorted({r["code"] for r in rows})}
     path.write_text(json.dumps(doc, indent=1) + "\n")

@@ -7,8 +7,6 @@ embedding, every matmul of attention (QKV, Q K^T, A V, output projection) and of
 the head. Not counted: softmax, LayerNorm, GELU and additions (a few percent at most).
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import pandas as pd
@@ -30,12 +28,8 @@ def count_flops(cfg: ModelConfig, batch_size: int = 1) -> int:
     return int(counter.get_total_flops())
 
 
-def register_overhead_table(
-    sizes: Sequence[str] = ("Ti", "S", "B", "L", "g"),
-    registers: Sequence[int] = (0, 4, 16),
-    img_size: int = 224,
-    patch_size: int = 14,
-) -> pd.DataFrame:
+def register_overhead_table(sizes: Sequence[str] = ("Ti", "S", "B", "L", "g"), registers: Sequence[int] = (0, 4, 16),
+                            img_size: int = 224, patch_size: int = 14) -> pd.DataFrame:
     """Parameters and FLOPs of each named ViT size with each number of registers.
 
     Args:
@@ -50,24 +44,13 @@ def register_overhead_table(
     """
     rows = []
     for size in sizes:
-        base_flops = base_params = 0
-        for i, r in enumerate(registers):
-            cfg = vit_config(size, img_size=img_size, patch_size=patch_size, num_registers=r)
-            flops = count_flops(cfg)
-            params = count_parameters(build_model(cfg, device="meta"))
-            if i == 0:
-                base_flops, base_params = flops, params
-            rows.append(
-                dict(
-                    model=f"ViT-{size}/{patch_size}",
-                    registers=r,
-                    tokens=cfg.num_tokens,
-                    params_M=params / 1e6,
-                    GFLOPs=flops / 1e9,
-                    params_overhead_pct=100 * (params / base_params - 1),
-                    flops_overhead_pct=100 * (flops / base_flops - 1),
-                )
-            )
+        cfgs = [vit_config(size, img_size=img_size, patch_size=patch_size, num_registers=r) for r in registers]
+        flops = [count_flops(cfg) for cfg in cfgs]
+        params = [count_parameters(build_model(cfg, device="meta")) for cfg in cfgs]
+        rows += [dict(model=f"ViT-{size}/{patch_size}", registers=r, tokens=cfg.num_tokens, params_M=p / 1e6,
+                      GFLOPs=f / 1e9, params_overhead_pct=100 * (p / params[0] - 1),
+                      flops_overhead_pct=100 * (f / flops[0] - 1))
+                 for r, cfg, f, p in zip(registers, cfgs, flops, params)]
     return pd.DataFrame(rows)
 
 

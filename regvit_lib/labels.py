@@ -5,8 +5,6 @@ Measurements travel from probe to claim under one name each (``position_top1_out
 columns the labels below; nothing maps a label back to a key.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import pandas as pd
@@ -20,9 +18,9 @@ LABELS: dict[str, str] = {
     "outlier_share": "outlier share", "outlier_norm_ratio": "outlier / normal norm",
     "top_on_background": "largest token on background", "background_patches": "background patches",
     # local and global information (Fig. 5b, Table 1)
-    **{f"position_top1_{k}": f"position top-1, {k}" for k in ("normal", "outlier")},
-    **{f"position_distance_{k}": f"position distance, {k}" for k in ("normal", "outlier")},
-    **{f"pixel_l2_{k}": f"pixel L2, {k}" for k in ("normal", "outlier")},
+    **{f"{key}_{k}": f"{name}, {k}" for key, name in (("position_top1", "position top-1"),
+                                                      ("position_distance", "position distance"),
+                                                      ("pixel_l2", "pixel L2")) for k in ("normal", "outlier")},
     **{f"class_{k}": f"class from one {k} token" for k in ("normal", "outlier", "cls")},
     # dense tasks and object discovery (Tables 2, 3)
     "classification": "classification (acc)", "segmentation_miou": "segmentation (mIoU)",
@@ -50,9 +48,8 @@ def show(table: pd.DataFrame | list[dict[str, Any]] | dict[str, dict[str, Any]],
         precision: decimals of floating-point numbers.
         columns: which keys to show, in order.
     """
+    frame = pd.DataFrame(table)
     if isinstance(table, dict):
-        frame = pd.DataFrame(table)
         return frame.rename(index=label).style.format(precision=precision, na_rep="–")
-    frame = table if isinstance(table, pd.DataFrame) else pd.DataFrame(table)
     frame = frame[columns] if columns is not None else frame
     return frame.rename(columns=label).style.format(precision=precision, na_rep="–").hide(axis="index")

@@ -9,11 +9,9 @@ numbers and tables of chapters 2 and 3 (the paper's Sec. 2 and Sec. 3) as snake_
 
 For a pretrained model (``pretrained="dinov2-g"``, needs the model hub) the scenes are rendered
 at the model's input size, so the probes that need labels (segmentation, depth, boxes, class)
-run on it too, and the photographs of :func:`regvit_lib.pretrained.photos` are shown in the
+run on it too, and the photographs of :func:`regvit_lib.data.photos` are shown in the
 figures.
 """
-
-from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from typing import Any
@@ -28,14 +26,15 @@ from .analysis import (OUTLIER_K, Features, attention_to_patches, collect, detec
 from .config import Profile, ScenesConfig
 from .data import photos
 from .model import RegViT, count_parameters
+from .pretrained import load_pretrained, resolve, twin
 from .probes import corloc, dense_probes, lost, probe_summary
 from .scenes import SceneBatch, background_patches, render_scenes
 from .summaries import sink_summary
 from .train import TrainedRun, train
 
-__all__ = ["Subject", "load_subject", "norm_report", "sinks", "dense_table", "register_maps", "object_discovery",
-           "local_and_global", "neighbour_table", "layer_norms", "planted", "size_ladder", "size_sweep",
-           "share_per_layer"]
+__all__ = ["Subject", "load_subject", "norm_report", "share_per_layer", "layer_norms", "sinks", "dense_table",
+           "object_discovery", "register_maps", "local_and_global", "neighbour_table", "planted", "size_ladder",
+           "size_sweep"]
 
 
 @dataclass
@@ -51,10 +50,7 @@ class Subject:
     layer: int  # the block whose norms are studied: the largest mean max/median ratio (blocks >= 1)
     run: TrainedRun | None  # the training run (our models), with its curves; None when pretrained
     visual: Tensor  # images shown in the figures: the first scenes, or photographs (pretrained)
-
-    @property
-    def params(self) -> int:
-        return count_parameters(self.model)
+    params: int  # the model's parameter count
 
 
 def load_subject(profile: Profile, registers: int = 0, pretrained: str | None = None, images: int = 400,
@@ -77,31 +73,25 @@ def load_subject(profile: Profile, registers: int = 0, pretrained: str | None = 
     if pretrained is None:
         run = train(profile.run(seed=seed, num_registers=registers, **model_overrides), progress=False)
         model, data, scale = run.model, profile.data, profile.name
-        extra = ", ".join(f"{k}={v}" for k, v in model_overrides.items())
-        name = f"{profile.name}, {registers} register{'s' * (registers != 1)}" + (f", {extra}" if extra else "")
+        extra = "".join(f", {k}={v}" for k, v in model_overrides.items())
+        name = f"{profile.name}, {registers} register{'s' * (registers != 1)}{extra}"
     else:
-        from .pretrained import load_pretrained, resolve, twin
-
-        full = resolve(pretrained)
-        if ("_reg4_" in full) != (registers > 0):
-            other = twin(full)
-            if other is None:
-                raise ValueError(f"{full} has no twin {'with' if registers else 'without'} registers")
-            full = other
-        model = load_pretrained(full, img_size=img_size)
-        if torch.cuda.is_available():
-            model = model.cuda()
+        name = resolve(pretrained)
+        if ("_reg4_" in name) != (registers > 0):
+            if (other := twin(name)) is None:
+                raise ValueError(f"{name} has no twin {'with' if registers else 'without'} registers")
+            name = other
+        model = load_pretrained(name, img_size=img_size).to("cuda" if torch.cuda.is_available() else "cpu")
         data = replace(profile.data, img_size=img_size, val_size=max(images, profile.data.val_size))
-        run, scale, name = None, "pretrained", full
-    n = min(images, data.val_size)
-    scenes = render_scenes(data, "val", np.arange(n))
+        run, scale = None, "pretrained"
+    scenes = render_scenes(data, "val", np.arange(min(images, data.val_size)))
     feats = collect(model, scenes.image, scenes.label, attn=True, batch_size=32)
     visual = scenes.image[:4] if pretrained is None else photos(img_size)
-    return Subject(name, scale, model, feats, scenes, data, peak_layer(feats), run, visual)
+    return Subject(name, scale, model, feats, scenes, data, peak_layer(feats), run, visual, count_parameters(model))
 
 
-def norm_report(subject: Subject, k: float = OUTLIER_K, layer: int | None = None) -> dict[str, float]:
-    """The numbers of the paper's Fig. 3 / Fig. 5a for one model, at ``layer`` (default: its peak).
+def norm_report(subject: Subject, k: float = OUTLIER_K) -> dict[str, float]:
+    """The numbers of the paper's Fig. 3 / Fig. 5a for one model, at its peak block.
 
     Returns:
         ``share`` (patch tokens above ``k`` x their image's median), ``norm_ratio`` (mean outlier
@@ -110,13 +100,12 @@ def norm_report(subject: Subject, k: float = OUTLIER_K, layer: int | None = None
         sits: ``top_on_background`` against the base rate ``background_patches``, and the
         neighbour similarity of those tokens (``top_similarity``) against all (``all_similarity``).
     """
-    layer = subject.layer if layer is None else layer
-    out = detect_outliers(subject.feats, layer, k)
+    out = detect_outliers(subject.feats, subject.layer, k)
     per_image = out.ratio.amax(-1)
     bg = background_patches(subject.scenes.seg, subject.model.cfg.patch_size)
-    return {"layer": layer, "share": out.share, "norm_ratio": out.norm_ratio,
+    return {"layer": subject.layer, "share": out.share, "norm_ratio": out.norm_ratio,
             "ratio_mean": float(per_image.mean()), "ratio_max": float(per_image.max()),
-            **top_token_placement(subject.feats, bg, layer)}
+            **top_token_placement(subject.feats, bg, subject.layer)}
 
 
 def share_per_layer(subject: Subject, k: float = OUTLIER_K) -> Tensor:
@@ -124,10 +113,9 @@ def share_per_layer(subject: Subject, k: float = OUTLIER_K) -> Tensor:
     return torch.tensor([detect_outliers(subject.feats, i, k).share for i in range(subject.model.cfg.depth)])
 
 
-def layer_norms(subject: Subject, layer: int | None = None) -> dict[str, Tensor]:
-    """Token norms at ``layer`` (default: the subject's peak block): ``patch``, ``cls``, ``reg``."""
-    parts = tokens_at(subject.feats, subject.layer if layer is None else layer)
-    return {kind: t.norm(dim=-1) for kind, t in parts.items()}
+def layer_norms(subject: Subject) -> dict[str, Tensor]:
+    """Token norms at the subject's peak block: ``patch``, ``cls``, ``reg``."""
+    return {kind: t.norm(dim=-1) for kind, t in tokens_at(subject.feats, subject.layer).items()}
 
 
 def sinks(subject: Subject) -> pd.DataFrame:
@@ -148,11 +136,9 @@ def dense_table(subjects: list[Subject], seed: int = 0) -> pd.DataFrame:
 
 def object_discovery(subjects: list[Subject]) -> pd.DataFrame:
     """The paper's Table 3 for our subjects: LOST boxes from the last layer's keys, CorLoc."""
-    rows = []
-    for s in subjects:
-        boxes = lost(lost_keys(s.model, s.feats), s.feats.grid, s.model.cfg.patch_size)
-        rows.append({"model": s.name, "corloc": corloc(boxes, s.scenes.boxes, s.scenes.box_valid)})
-    return pd.DataFrame(rows)
+    boxes = [lost(lost_keys(s.model, s.feats), s.feats.grid, s.model.cfg.patch_size) for s in subjects]
+    return pd.DataFrame([{"model": s.name, "corloc": corloc(b, s.scenes.boxes, s.scenes.box_valid)}
+                         for s, b in zip(subjects, boxes)])
 
 
 def register_maps(subject: Subject, features: Features | None = None, layer: int = -1) -> dict[str, Tensor]:
@@ -163,13 +149,10 @@ def register_maps(subject: Subject, features: Features | None = None, layer: int
             ``collect(subject.model, subject.visual)`` for photographs.
     """
     f = subject.feats if features is None else features
-    maps: dict[str, Tensor] = {}
-    if f.cfg.class_token:
-        maps["[CLS]"] = attention_to_patches(f, "cls", layer)
-    for r in range(f.cfg.num_registers):
-        maps[f"register {r}"] = attention_to_patches(f, r, layer)
-    maps["PCA of patches"] = pca_rgb(tokens_at(f, "final")["patch"], f.grid)
-    return maps
+    queries: dict[str, str | int] = {"[CLS]": "cls"} if f.cfg.class_token else {}
+    queries |= {f"register {r}": r for r in range(f.cfg.num_registers)}
+    maps = {name: attention_to_patches(f, query, layer) for name, query in queries.items()}
+    return maps | {"PCA of patches": pca_rgb(tokens_at(f, "final")["patch"], f.grid)}
 
 
 def local_and_global(subject: Subject, features: Features | None = None, k: float = OUTLIER_K,
@@ -186,18 +169,14 @@ def neighbour_table(subject: Subject, features: Features | None = None, k: float
     return {"similarity": neighbour_similarity(f), "outlier_mask": detect_outliers(f, subject.layer, k).mask}
 
 
-def planted(subject: Subject, per_image: int = 2, factor: float = 10.0) -> Features | None:
+def planted(subject: Subject) -> Features | None:
     """The positive control: the subject's scenes with outliers planted at its block (our models
     only; ``None`` for a pretrained model, which has the real thing).
 
-    See :func:`regvit_lib.analysis.positive_control`: ``per_image`` random patch tokens per image
-    are replaced by the image's mean patch token at ``factor`` x the median norm.
+    See :func:`regvit_lib.analysis.positive_control`: 2 random patch tokens per image are
+    replaced by the image's mean patch token at 10 x the median norm (its defaults).
     """
-    if subject.run is None:
-        return None
-    _, feats, _ = positive_control(subject.model, subject.scenes.image, subject.scenes.label, subject.layer,
-                                   factor=factor, per_image=per_image)
-    return feats
+    return None if subject.run is None else positive_control(subject.model, *subject.scenes[:2], subject.layer)[1]
 
 
 def size_ladder(profile: Profile) -> list[int]:
@@ -212,19 +191,14 @@ def size_sweep(profile: Profile, pretrained: str | None = None, images: int = 20
 
     Our models: the profile's at the widths of :func:`size_ladder` (same depth, recipe, seed;
     through the cache). Pretrained DINOv2: the S, B, L and g models of the same kind (with or
-    without registers).
+    without registers). One model at a time: each is freed before the next is loaded.
     """
-    rows = []
     if pretrained is None:
-        for w in size_ladder(profile):
-            s = load_subject(profile, images=images, embed_dim=w)
-            rows.append({"name": f"D={w}", "params": s.params, **norm_report(s, k)})
-    else:
-        from .pretrained import resolve
+        return [_size_row(f"D={w}", load_subject(profile, images=images, embed_dim=w), k) for w in size_ladder(profile)]
+    registers = int("_reg4_" in resolve(pretrained))
+    return [_size_row(f"DINOv2-{size.upper()}", load_subject(profile, registers, f"dinov2-{size}", images), k)
+            for size in "sblg"]
 
-        reg = "_reg4_" in resolve(pretrained)
-        for size in "sblg":
-            s = load_subject(profile, registers=int(reg), pretrained=f"dinov2-{size}", images=images)
-            rows.append({"name": f"DINOv2-{size.upper()}", "params": s.params, **norm_report(s, k)})
-            del s
-    return rows
+
+def _size_row(name: str, subject: Subject, k: float) -> dict[str, Any]:
+    return {"name": name, "params": subject.params, **norm_report(subject, k)}

@@ -7,6 +7,7 @@ format follows the suffix).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, cast
 
 import matplotlib.pyplot as plt
@@ -21,10 +22,10 @@ from torch import Tensor
 from .config import ModelConfig
 from .scenes import SceneBatch, background_patches
 
-__all__ = ["use_style", "TOKEN_COLORS", "patch_grid", "token_layout", "register_overhead",
-           "scenes_grid", "scene_labels", "training_curves", "norm_histogram", "norms_per_layer",
-           "attention_maps", "neighbour_similarity", "emergence",
-           "sinks_per_layer", "norms_vs_size", "register_ablation", "resolution_maps"]
+__all__ = ["use_style", "TOKEN_COLORS", "patch_grid", "token_layout", "register_overhead", "scenes_grid",
+           "scene_labels", "training_curves", "norm_histogram", "norms_per_layer", "attention_maps",
+           "neighbour_similarity", "emergence", "sinks_per_layer", "norms_vs_size", "register_ablation",
+           "resolution_maps"]
 
 # One colour per token kind, used by every figure of the book.
 TOKEN_COLORS = {"cls": "#d62728", "reg": "#2ca02c", "patch": "#1f77b4"}
@@ -32,20 +33,9 @@ TOKEN_COLORS = {"cls": "#d62728", "reg": "#2ca02c", "patch": "#1f77b4"}
 
 def use_style() -> None:
     """The book's one matplotlib theme."""
-    plt.rcParams.update(
-        {
-            "figure.dpi": 110,
-            "savefig.dpi": 200,
-            "savefig.bbox": "tight",
-            "axes.spines.top": False,
-            "axes.spines.right": False,
-            "axes.grid": True,
-            "grid.alpha": 0.3,
-            "font.size": 10,
-            "axes.titlesize": 11,
-            "legend.frameon": False,
-        }
-    )
+    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 200, "savefig.bbox": "tight", "axes.spines.top": False,
+                         "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3, "font.size": 10,
+                         "axes.titlesize": 11, "legend.frameon": False})
 
 
 def patch_grid(image: Tensor, patch_size: int, ax: plt.Axes | None = None) -> Figure:
@@ -53,47 +43,35 @@ def patch_grid(image: Tensor, patch_size: int, ax: plt.Axes | None = None) -> Fi
     img = image.squeeze(0).permute(1, 2, 0).detach().cpu().numpy()
     H, W = img.shape[:2]
     fig, ax = _fig_ax(ax, (4.2, 4.2))
-    ax.imshow(img, extent=(0, W, H, 0))
-    for t in range(patch_size, W, patch_size):
-        ax.axvline(t, color="white", lw=0.8)
-    for t in range(patch_size, H, patch_size):
-        ax.axhline(t, color="white", lw=0.8)
+    _show(ax, img, extent=(0, W, H, 0), interpolation=None)  # None: matplotlib's default smoothing
+    for line, end in ((ax.axvline, W), (ax.axhline, H)):
+        for t in range(patch_size, end, patch_size):
+            line(t, color="white", lw=0.8)
     g = W // patch_size
     if g <= 16:
-        for i in range(g * (H // patch_size)):
-            r, c = divmod(i, g)
-            ax.text((c + 0.5) * patch_size, (r + 0.5) * patch_size, str(i + 1), color="white",
+        for r, c in np.ndindex(H // patch_size, g):
+            ax.text((c + 0.5) * patch_size, (r + 0.5) * patch_size, str(r * g + c + 1), color="white",
                     ha="center", va="center", fontsize=max(5, 9 - g // 3))
     ax.set_title(f"{H}×{W} px → {g * (H // patch_size)} patches of {patch_size}×{patch_size}")
-    _bare(ax)
     return fig
 
 
 def token_layout(cfg: ModelConfig, max_patches: int = 12, ax: plt.Axes | None = None) -> Figure:
     """The input sequence of a ViT: [CLS], registers (no position) and patches (+ position)."""
-    kinds = ["cls"] * int(cfg.class_token) + ["reg"] * cfg.num_registers
     shown = min(cfg.num_patches, max_patches)
-    kinds += ["patch"] * shown
+    kinds = ["cls"] * int(cfg.class_token) + ["reg"] * cfg.num_registers + ["patch"] * shown
     fig, ax = _fig_ax(ax, (max(6.0, 0.55 * (len(kinds) + 2)), 1.9))
-    labels = {"cls": "[CLS]", "reg": "reg", "patch": "patch"}
-    x = 0.0
     for i, kind in enumerate(kinds):
-        ax.add_patch(Rectangle((x, 0), 0.9, 1, color=TOKEN_COLORS[kind], alpha=0.85))
-        n = i - len(kinds) + shown + 1 if kind == "patch" else (i + 1 - int(cfg.class_token))
-        text = labels[kind] if kind == "cls" else f"{labels[kind]}\n{n}"
-        ax.text(x + 0.45, 0.5, text, ha="center", va="center", color="white", fontsize=7)
-        ax.text(x + 0.45, -0.35, "+pos" if kind == "patch" else "no pos", ha="center", fontsize=6)
-        x += 1.0
+        ax.add_patch(Rectangle((i, 0), 0.9, 1, color=TOKEN_COLORS[kind], alpha=0.85))
+        text = "[CLS]" if kind == "cls" else f"{kind}\n{i + 1 - kinds.index(kind)}"  # numbered within its kind
+        ax.text(i + 0.45, 0.5, text, ha="center", va="center", color="white", fontsize=7)
+        ax.text(i + 0.45, -0.35, "+pos" if kind == "patch" else "no pos", ha="center", fontsize=6)
+    x = len(kinds) + (3.0 if shown < cfg.num_patches else 0.0)  # room for the "… N patches" note
     if shown < cfg.num_patches:
-        ax.text(x + 0.3, 0.5, f"… {cfg.num_patches} patches in all", va="center", fontsize=8)
-        x += 3.0
-    ax.set_xlim(-0.2, x + 0.2)
-    ax.set_ylim(-0.6, 1.2)
+        ax.text(len(kinds) + 0.3, 0.5, f"… {cfg.num_patches} patches in all", va="center", fontsize=8)
+    ax.set(xlim=(-0.2, x + 0.2), ylim=(-0.6, 1.2), title=f"{cfg.num_tokens} tokens = {int(cfg.class_token)} [CLS] "
+           f"+ {cfg.num_registers} registers + {cfg.num_patches} patches")
     ax.axis("off")
-    ax.set_title(
-        f"{cfg.num_tokens} tokens = {int(cfg.class_token)} [CLS] + {cfg.num_registers} registers "
-        f"+ {cfg.num_patches} patches"
-    )
     return fig
 
 
@@ -111,22 +89,22 @@ def register_overhead(table: pd.DataFrame, paper: dict[int, float] | None = None
     if paper:
         ax.scatter(list(paper), list(paper.values()), marker="x", s=60, color="black", zorder=5,
                    label="paper (App. B, bound)")
-    ax.set_xlabel("number of registers")
-    ax.set_ylabel("extra forward FLOPs (%)")
+    ax.set(xlabel="number of registers", ylabel="extra forward FLOPs (%)")
     ax.legend(fontsize=8)
     return fig
 
 
-def _bare(ax: plt.Axes) -> None:
-    """An axes for a picture: no ticks, no grid."""
-    ax.set_xticks([])
-    ax.set_yticks([])
+def _show(ax: plt.Axes, data: Any, **kwargs: Any) -> Any:
+    """``imshow`` (unsmoothed unless ``interpolation`` says otherwise) on an axes with no ticks and no grid;
+    returns the image, for a colour bar."""
+    im = ax.imshow(data, **{"interpolation": "nearest", **kwargs})
+    ax.set(xticks=[], yticks=[])
     ax.grid(False)
+    return im
 
 
 def _image(ax: plt.Axes, img: Tensor) -> None:
-    ax.imshow(img.permute(1, 2, 0).clamp(0, 1).cpu().numpy(), interpolation="nearest")
-    _bare(ax)
+    _show(ax, img.permute(1, 2, 0).clamp(0, 1).cpu().numpy())
 
 
 def scenes_grid(batches: dict[str, SceneBatch], class_names: list[str], cols: int = 6) -> Figure:
@@ -158,16 +136,13 @@ def scene_labels(batch: SceneBatch, index: int = 0, patch_size: int | None = Non
     n = 4 if patch_size else 3
     fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.4), layout="constrained")
     _image(axes[0], batch.image[index])
-    for box, ok in zip(batch.boxes[index], batch.box_valid[index]):
-        if ok:
-            x0, y0, x1, y1 = box.tolist()
-            axes[0].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=1.2, ec="white"))
-    axes[0].set_title("image + boxes")
-    axes[1].imshow(batch.seg[index].cpu().numpy(), cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
-    axes[1].set_title("segmentation")
-    dep = axes[2].imshow(batch.depth[index].cpu().numpy(), cmap="magma_r", vmin=0, vmax=1, interpolation="nearest")
-    axes[2].set_title("depth")
+    for x0, y0, x1, y1 in batch.boxes[index][batch.box_valid[index]].tolist():
+        axes[0].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=1.2, ec="white"))
+    _show(axes[1], batch.seg[index].cpu().numpy(), cmap="tab10", vmin=0, vmax=9)
+    dep = _show(axes[2], batch.depth[index].cpu().numpy(), cmap="magma_r", vmin=0, vmax=1)
     fig.colorbar(dep, ax=axes[2], shrink=0.8)
+    for ax, title in zip(axes, ("image + boxes", "segmentation", "depth")):
+        ax.set_title(title)
     if patch_size:
         g = batch.seg.shape[-1] // patch_size
         empty = background_patches(batch.seg[index : index + 1], patch_size).reshape(g, g)  # no object pixel
@@ -177,8 +152,6 @@ def scene_labels(batch: SceneBatch, index: int = 0, patch_size: int | None = Non
                                         fc="white", alpha=0.75, ec="none"))
         axes[3].set_title(f"{int(empty.sum())} of {g * g} patches ({patch_size} px)\nare background only (white)",
                           fontsize=9)
-    for ax in axes[1:]:
-        _bare(ax)
     return fig
 
 
@@ -192,15 +165,12 @@ def training_curves(curves: list[dict], layers: list[int] | None = None) -> Figu
     fig, (a, b) = plt.subplots(1, 2, figsize=(8.5, 3.2), layout="constrained")
     steps = [c["step"] for c in curves]
     a.plot(steps, [c["val_acc"] for c in curves], marker="o", label="validation accuracy")
-    a.set_xlabel("training step")
-    a.set_ylabel("accuracy")
+    a.set(xlabel="training step", ylabel="accuracy")
     depth = len(curves[0]["norms"])
-    cmap = plt.get_cmap("viridis")
     for layer in layers if layers is not None else range(depth):
-        b.plot(steps, [c["norms"][layer]["ratio_mean"] for c in curves], color=cmap(layer / max(depth - 1, 1)),
-               label=f"block {layer}")
-    b.set_xlabel("training step")
-    b.set_ylabel("max / median patch norm\n(mean over images)")
+        b.plot(steps, [c["norms"][layer]["ratio_mean"] for c in curves],
+               color=plt.get_cmap("viridis")(layer / max(depth - 1, 1)), label=f"block {layer}")
+    b.set(xlabel="training step", ylabel="max / median patch norm\n(mean over images)")
     b.legend(fontsize=7, ncol=2)
     return fig
 
@@ -216,19 +186,14 @@ def norm_histogram(norms: dict[str, Tensor], k: float | None = None, ax: plt.Axe
         label: a title.
     """
     fig, ax = _fig_ax(ax, (5.0, 3.2))
-    patch = norms["patch"].flatten()
     hi = float(torch.cat([v.flatten() for v in norms.values() if v.numel()]).max())
     bins = torch.linspace(0, hi * 1.02, 60).tolist()
-    ax.hist(patch.tolist(), bins=bins, color=TOKEN_COLORS["patch"], alpha=0.8, label="patch tokens")
-    for kind in ("cls", "reg"):
-        if kind in norms and norms[kind].numel():
-            ax.hist(norms[kind].flatten().tolist(), bins=bins, color=TOKEN_COLORS[kind], alpha=0.8,
-                    label="[CLS]" if kind == "cls" else "registers")
+    for kind, name in (("patch", "patch tokens"), ("cls", "[CLS]"), ("reg", "registers")):
+        if kind == "patch" or (kind in norms and norms[kind].numel()):  # patches always get their histogram
+            ax.hist(norms[kind].flatten().tolist(), bins=bins, color=TOKEN_COLORS[kind], alpha=0.8, label=name)
     if k is not None:
-        ax.axvline(k * float(patch.median()), color="black", ls="--", lw=1, label=f"{k:g} x median")
-    ax.set_yscale("log")
-    ax.set_xlabel("token norm")
-    ax.set_ylabel("tokens")
+        ax.axvline(k * float(norms["patch"].median()), color="black", ls="--", lw=1, label=f"{k:g} x median")
+    ax.set(yscale="log", xlabel="token norm", ylabel="tokens")
     if label:
         ax.set_title(label)
     ax.legend(fontsize=8)
@@ -243,18 +208,13 @@ def norms_per_layer(ratio_max: Tensor, share: Tensor | None = None, ax: plt.Axes
         share: optional ``(L,)`` share of outlier tokens per layer (right axis).
     """
     fig, ax = _fig_ax(ax, (5.0, 3.2))
-    L = ratio_max.shape[1]
-    layers = list(range(L))
+    layers = list(range(ratio_max.shape[1]))
     q = torch.quantile(ratio_max.float(), torch.tensor([0.1, 0.5, 0.9]), dim=0)
     ax.fill_between(layers, q[0].tolist(), q[2].tolist(), alpha=0.25, color=TOKEN_COLORS["patch"], label="10-90 %")
     ax.plot(layers, q[1].tolist(), marker="o", color=TOKEN_COLORS["patch"], label="median image")
-    ax.set_xlabel("block")
-    ax.set_ylabel("max / median patch norm")
+    ax.set(xlabel="block", ylabel="max / median patch norm")
     if share is not None:
-        ax2 = ax.twinx()
-        ax2.plot(layers, (100 * share).tolist(), color="black", ls="--", marker="x", label="outliers (%)")
-        ax2.set_ylabel("outlier tokens (%)")
-        ax2.grid(False)
+        _outlier_axis(ax, layers, (100 * share).tolist())
     ax.legend(fontsize=8, loc="upper left")
     return fig
 
@@ -272,12 +232,10 @@ def attention_maps(images: Tensor, maps: dict[str, Tensor], cols: int = 4) -> Fi
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.6 * rows), layout="constrained", squeeze=False)
     for c in range(cols):
         _image(axes[0, c], images[c])
-        for r, (name, m) in enumerate(maps.items(), start=1):
-            axes[r, c].imshow(m[c].cpu().numpy(), cmap="viridis", interpolation="nearest")
-            _bare(axes[r, c])
-            if c == 0:
-                axes[r, c].set_ylabel(name, fontsize=8)
-    axes[0, 0].set_ylabel("image", fontsize=8)
+        for r, m in enumerate(maps.values(), start=1):
+            _show(axes[r, c], m[c].cpu().numpy(), cmap="viridis")
+    for ax, name in zip(axes[:, 0], ["image", *maps]):
+        ax.set_ylabel(name, fontsize=8)
     return fig
 
 
@@ -290,13 +248,10 @@ def neighbour_similarity(similarity: Tensor, outlier_mask: Tensor, ax: plt.Axes 
     """
     fig, ax = _fig_ax(ax, (4.6, 3.0))
     bins = torch.linspace(float(similarity.min()), float(similarity.max()) + 1e-6, 40).tolist()
-    ax.hist(similarity[~outlier_mask].tolist(), bins=bins, density=True, alpha=0.7,
-            color=TOKEN_COLORS["patch"], label="normal")
-    if outlier_mask.any():
-        ax.hist(similarity[outlier_mask].tolist(), bins=bins, density=True, alpha=0.7, color="orange",
-                label="outlier")
-    ax.set_xlabel("cosine similarity to neighbours (patch embedding)")
-    ax.set_ylabel("density")
+    for mask, colour, label in ((~outlier_mask, TOKEN_COLORS["patch"], "normal"), (outlier_mask, "orange", "outlier")):
+        if label == "normal" or mask.any():  # the normal patches always get their histogram
+            ax.hist(similarity[mask].tolist(), bins=bins, density=True, alpha=0.7, color=colour, label=label)
+    ax.set(xlabel="cosine similarity to neighbours (patch embedding)", ylabel="density")
     ax.legend(fontsize=8)
     return fig
 
@@ -312,32 +267,25 @@ def emergence(rows: list[dict], along: tuple[str, ...] = (), paper_ratio: float 
         rows: :func:`regvit_lib.emergence.run_study` rows (or ``load_study(...)["rows"]``).
     """
     fig, (a, b) = plt.subplots(1, 2, figsize=(9.5, 3.6), layout="constrained")
-    axes = sorted({r["axis"] for r in rows})
     colours = [plt.get_cmap("tab10")(i) for i in (0, 1, 2, 3, 4, 5, 6, 8, 9)] + ["black"] * 9  # no grey: the curves are grey
-    for i, axis in enumerate(axes):
+    for colour, axis in zip(colours, sorted({r["axis"] for r in rows})):
         pts = [r for r in rows if r["axis"] == axis]
-        x = [r["train_flops"] for r in pts]
-        a.scatter(x, [r["final_ratio_mean"] for r in pts], color=colours[i], label=axis, zorder=3)
-        b.scatter(x, [r["final_sink_mass"] for r in pts], color=colours[i], label=axis, zorder=3)
-    for r in rows:
-        if r["axis"] in along:
-            c = [p for p in r["curve"] if p["train_flops"] > 0]
-            a.plot([p["train_flops"] for p in c], [p["ratio_mean"] for p in c], color="grey", lw=0.8, alpha=0.6)
-            b.plot([p["train_flops"] for p in c], [p["sink_mass"] for p in c], color="grey", lw=0.8, alpha=0.6)
+        for ax, key in ((a, "final_ratio_mean"), (b, "final_sink_mass")):
+            ax.scatter([r["train_flops"] for r in pts], [r[key] for r in pts], color=colour, label=axis, zorder=3)
+    for r in (r for r in rows if r["axis"] in along):
+        c = [p for p in r["curve"] if p["train_flops"] > 0]
+        for ax, key in ((a, "ratio_mean"), (b, "sink_mass")):
+            ax.plot([p["train_flops"] for p in c], [p[key] for p in c], color="grey", lw=0.8, alpha=0.6)
     if paper_ratio:
         a.axhline(paper_ratio, color="black", ls="--", lw=1, label=f"paper's outliers (~{paper_ratio:g}x)")
-    for ax, ylabel in ((a, "max / median patch norm"), (b, "sink: attention mass on one key")):
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("training FLOPs")
-        ax.set_ylabel(ylabel)
-    a.set_yscale("log")
-    a.yaxis.set_major_locator(FixedLocator([1, 1.5, 2, 3, 5, 10]))
-    a.yaxis.set_major_formatter(ScalarFormatter())
-    a.yaxis.set_minor_formatter(NullFormatter())
     xs = [p["train_flops"] for r in rows for p in r["curve"] if p["train_flops"] > 0]
-    for ax in (a, b):  # whole decades, so the axis always has labelled ticks
-        ax.set_xlim(10 ** np.floor(np.log10(min(xs))), 10 ** np.ceil(np.log10(max(xs))))
+    decades = (10 ** np.floor(np.log10(min(xs))), 10 ** np.ceil(np.log10(max(xs))))  # always labelled ticks
+    for ax, ylabel in ((a, "max / median patch norm"), (b, "sink: attention mass on one key")):
+        ax.set(xscale="log", xlabel="training FLOPs", ylabel=ylabel, xlim=decades)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    a.set_yscale("log")
+    a.yaxis.set(major_locator=FixedLocator([1, 1.5, 2, 3, 5, 10]), major_formatter=ScalarFormatter(),
+                minor_formatter=NullFormatter())
     a.legend(fontsize=7, loc="center left", bbox_to_anchor=(0.0, 0.62), ncol=2)
     return fig
 
@@ -352,16 +300,13 @@ def sinks_per_layer(tables: dict[str, pd.DataFrame], ax: plt.Axes | None = None)
     fig, ax = _fig_ax(ax, (5.0, 3.0))
     markers = {"patch": "o", "cls": "s", "reg": "^"}
     for i, (name, t) in enumerate(tables.items()):
-        colour = f"C{i}"
-        ax.plot(t["block"], t["sink_mass"], color=colour, label=name)
+        ax.plot(t["block"], t["sink_mass"], color=f"C{i}", label=name)
         for kind, marker in markers.items():
             sel = t["sink_on"] == kind
-            ax.scatter(t["block"][sel], t["sink_mass"][sel], marker=marker, color=colour, s=40, zorder=3)
+            ax.scatter(t["block"][sel], t["sink_mass"][sel], marker=marker, color=f"C{i}", s=40, zorder=3)
     for kind, marker in markers.items():  # a legend entry per token kind
         ax.scatter([], [], marker=marker, color="grey", label=f"sink on {'[CLS]' if kind == 'cls' else kind}")
-    ax.set_xlabel("block")
-    ax.set_ylabel("attention share of the strongest sink")
-    ax.set_ylim(0, 1)
+    ax.set(xlabel="block", ylabel="attention share of the strongest sink", ylim=(0, 1))
     ax.legend(fontsize=7)
     return fig
 
@@ -377,13 +322,8 @@ def norms_vs_size(rows: list[dict], ax: plt.Axes | None = None) -> Figure:
     x = [r["params"] / 1e6 for r in rows]
     ax.plot(x, [r["ratio_mean"] for r in rows], marker="o", color=TOKEN_COLORS["patch"],
             label="max / median norm (mean over images)")
-    ax.set_xscale("log")
-    ax.set_xlabel("parameters (M)")
-    ax.set_ylabel("max / median patch norm")
-    ax2 = ax.twinx()
-    ax2.plot(x, [100 * r["share"] for r in rows], marker="x", ls="--", color="black", label="outliers (%)")
-    ax2.set_ylabel("outlier tokens (%)")
-    ax2.grid(False)
+    ax.set(xscale="log", xlabel="parameters (M)", ylabel="max / median patch norm")
+    ax2 = _outlier_axis(ax, x, [100 * r["share"] for r in rows])
     for xi, r in zip(x, rows):
         ax.annotate(r["name"], (xi, r["ratio_mean"]), fontsize=7, textcoords="offset points", xytext=(0, 6),
                     ha="center")
@@ -407,19 +347,16 @@ def register_ablation(grid: pd.DataFrame, summary: pd.DataFrame) -> Figure:
     first = grid.sort_values("seed").groupby("registers").first()
     hi = max(float(np.max(m)) for m in first["norm_map"])
     for ax, c in zip(maps, counts):
-        im = ax.imshow(np.asarray(first.loc[c, "norm_map"]), cmap="magma", vmin=0, vmax=hi, interpolation="nearest")
+        im = _show(ax, np.asarray(first.loc[c, "norm_map"]), cmap="magma", vmin=0, vmax=hi)
         ax.set_title(f"{c} reg.", fontsize=8)
-        _bare(ax)
     top.colorbar(im, ax=list(maps), shrink=0.8, label="norm / median")
-    panels = bottom.subplots(1, 3)
     x = np.arange(len(counts))
-    for ax, col, title in zip(panels, ("classification", "segmentation_miou", "depth_rmse"),
+    for ax, col, title in zip(bottom.subplots(1, 3), ("classification", "segmentation_miou", "depth_rmse"),
                               ("classification (acc)", "segmentation (mIoU)", "depth (RMSE, lower is better)")):
         sd = summary.get(f"{col} sd")
         ax.errorbar(x, summary[col], yerr=None if sd is None or sd.isna().all() else sd, marker="o", capsize=3,
                     color=TOKEN_COLORS["reg"])
-        ax.set_xticks(x, [str(c) for c in counts])
-        ax.set_xlabel("registers")
+        ax.set(xticks=x, xticklabels=[str(c) for c in counts], xlabel="registers")
         ax.set_title(title, fontsize=9)
     return fig
 
@@ -432,17 +369,22 @@ def resolution_maps(study: pd.DataFrame) -> Figure:
     for j, size in enumerate(sizes):
         for i, aa in enumerate((True, False)):
             row = study[(study["img_size"] == size) & (study["antialias"] == aa)].iloc[0]
-            axes[i, j].imshow(np.asarray(row["mean_map"]), cmap="magma", interpolation="nearest")
+            _show(axes[i, j], np.asarray(row["mean_map"]), cmap="magma")
             axes[i, j].set_title(f"{size} px, {'antialiased' if aa else 'no antialias'}\n"
                                  f"stripe {row['stripe']:.2f}", fontsize=8)
-            _bare(axes[i, j])
     return fig
 
 
+def _outlier_axis(ax: plt.Axes, x: Sequence[float], percent: Sequence[float]) -> plt.Axes:
+    """A right-hand axis over ``ax`` with the share of outlier tokens (%) as a dashed black line."""
+    ax2 = ax.twinx()
+    ax2.plot(x, percent, color="black", ls="--", marker="x", label="outliers (%)")
+    ax2.set_ylabel("outlier tokens (%)")
+    ax2.grid(False)
+    return ax2
+
+
 def _fig_ax(ax: plt.Axes | None, size: tuple[float, float]) -> tuple[Figure, plt.Axes]:
-    if ax is not None:
-        fig = ax.get_figure(root=True)
-        assert isinstance(fig, Figure)
-        return fig, ax
-    fig, new_ax = plt.subplots(figsize=size, layout="constrained")
-    return fig, new_ax
+    if ax is None:
+        return plt.subplots(figsize=size, layout="constrained")
+    return cast(Figure, ax.get_figure(root=True)), ax

@@ -11,8 +11,6 @@ full timm name. :func:`twin` gives a model's twin with (or without) registers.
 
 """
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +38,9 @@ def resolve(name: str) -> str:
     Raises:
         ConfigError: for a name that is neither, listing the aliases.
     """
-    if name in PRETRAINED:
-        return PRETRAINED[name]
-    if name in PRETRAINED.values():
-        return name
+    full = PRETRAINED.get(name, name)
+    if full in PRETRAINED.values():
+        return full
     raise ConfigError(f"unknown pretrained model {name!r}; known: {sorted(PRETRAINED)} "
                       f"(or their timm names: {sorted(PRETRAINED.values())})")
 
@@ -79,19 +76,14 @@ def load_pretrained(name: str, img_size: int = 224, checkpoint: str | Path | Non
     patch = 14 if "patch14" in full else 16
     if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < patch or img_size % patch:
         raise ConfigError(f"img_size={img_size!r} is not a positive multiple of {full}'s patch size {patch}")
-    tm: Any
-    if checkpoint is None:
-        tm = timm.create_model(full, pretrained=True, img_size=img_size, num_classes=0)
-    else:
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise FileNotFoundError(f"no checkpoint file {path}")
-        tm = timm.create_model(full, pretrained=False, img_size=img_size, num_classes=0)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"no checkpoint file {Path(checkpoint)}")
+    tm: Any = timm.create_model(full, pretrained=checkpoint is None, img_size=img_size, num_classes=0)
+    if checkpoint is not None:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         for key in ("model", "state_dict", "teacher"):  # common wrappers of a state dict
             if isinstance(state, dict) and key in state and isinstance(state[key], dict):
                 state = state[key]
-        state = checkpoint_filter_fn(state, tm)  # original DINOv2 names; pos-embed resampling
-        state = {k: v for k, v in state.items() if not k.startswith("head.")}  # features only
-        tm.load_state_dict(state)
+        # checkpoint_filter_fn: original DINOv2 names, pos-embed resampling; no head: features only
+        tm.load_state_dict({k: v for k, v in checkpoint_filter_fn(state, tm).items() if not k.startswith("head.")})
     return regvit_from_timm(tm.eval())

@@ -16,7 +16,7 @@ another. Which paper result each one serves:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -50,7 +50,7 @@ def _classifier(x: Tensor, y: Tensor, weight_decay: float = 1e-3) -> Callable[[T
     if len(classes := y.unique()) == 1:
         return lambda z: classes.expand(len(z))
     C = 1 / (weight_decay * len(x) * (1 if len(classes) == 2 else 2))
-    clf = LogisticRegression(C=C, max_iter=1000, tol=1e-6).fit(x.double().numpy(), y.numpy())
+    clf = LogisticRegression(C=C, max_iter=10_000, tol=1e-6).fit(x.double().numpy(), y.numpy())
     return lambda z: torch.from_numpy(clf.predict(z.double().numpy()))
 
 
@@ -58,6 +58,12 @@ def _ridge(x: Tensor, y: Tensor, alpha: float = 1e-2) -> Callable[[Tensor], Tens
     """Ridge regression with penalty ``alpha * n * ||W||^2`` (intercept free); returns its predictor."""
     reg = Ridge(alpha=alpha * len(x)).fit(x.double().numpy(), y.double().numpy())
     return lambda z: torch.from_numpy(reg.predict(z.double().numpy()))
+
+
+def _accuracy(x: Tensor, y: Tensor, train: Tensor, test: Tensor) -> float:
+    """Accuracy on the rows ``test`` of a classifier of ``y`` from ``x``, fitted on the rows ``train``."""
+    x_train, x_test = _standardise(x[train], x[test])
+    return float((_classifier(x_train, y[train])(x_test) == y[test]).double().mean())
 
 
 def _subsample(arrays: tuple[Tensor, ...], cap: int, seed: int) -> tuple[Tensor, ...]:
@@ -97,30 +103,26 @@ def local_probes(feats: Features, outliers: Outliers, layer: int | str = -1, see
         and ``tokens`` (how many were scored). Outlier scores are NaN when there are none.
     """
     patch = tokens_at(feats, layer)["patch"]  # (B, N, D)
-    B, N, D = patch.shape
+    B, N, _ = patch.shape
     g = feats.grid
     pixels = patchify(feats.images, feats.cfg.patch_size)  # (B, N, p*p*3)
     pos = torch.arange(N).expand(B, N)
     tr, te = split_images(B, seed=seed)
     fit = ~outliers.mask[tr]
-    x_tr, y_tr, px_tr = patch[tr][fit], pos[tr][fit], pixels[tr][fit]
-    x_tr, y_tr, px_tr = _subsample((x_tr, y_tr, px_tr), max_train_tokens, seed)
-    x_te_all = patch[te]
-    xs = _standardise(x_tr, x_te_all.reshape(-1, D))
-    clf, reg = _classifier(xs[0], y_tr), _ridge(xs[0], px_tr)
-    x_te = xs[1].reshape(len(te), N, D)
+    x_tr, y_tr, px_tr = _subsample((patch[tr][fit], pos[tr][fit], pixels[tr][fit]), max_train_tokens, seed)
+    x_tr, x_te = _standardise(x_tr, patch[te])
+    clf, reg = _classifier(x_tr, y_tr), _ridge(x_tr, px_tr)
     out: dict[str, dict[str, float]] = {}
     for name, sel in (("normal", ~outliers.mask[te]), ("outlier", outliers.mask[te])):
         if not sel.any():
-            out[name] = {"position_top1": float("nan"), "position_distance": float("nan"),
-                         "reconstruction_l2": float("nan"), "tokens": 0}
+            out[name] = {**dict.fromkeys(("position_top1", "position_distance", "reconstruction_l2"), float("nan")),
+                         "tokens": 0}
             continue
         pred, true = clf(x_te[sel]), pos[te][sel]
         dist = torch.hypot((pred // g - true // g).double(), (pred % g - true % g).double())
-        recon = reg(x_te[sel])
         out[name] = {"position_top1": float((pred == true).double().mean()),
                      "position_distance": float(dist.mean()),
-                     "reconstruction_l2": float((recon - pixels[te][sel].double()).pow(2).mean()),
+                     "reconstruction_l2": float((reg(x_te[sel]) - pixels[te][sel].double()).pow(2).mean()),
                      "tokens": int(sel.sum())}
     return out
 
@@ -144,33 +146,25 @@ def single_token_probe(feats: Features, outliers: Outliers, layer: int | str = -
     if feats.labels is None:
         raise ValueError("single_token_probe needs features collected with labels")
     parts = tokens_at(feats, layer)
-    patch = parts["patch"]
-    B, N, _ = patch.shape
     gen = torch.Generator().manual_seed(seed)
     has_outlier = outliers.mask.any(1)
-    images = torch.nonzero(has_outlier)[:, 0] if has_outlier.sum() >= 4 else torch.arange(B)
+    enough = has_outlier.sum() >= 4
+    images = torch.nonzero(has_outlier)[:, 0] if enough else torch.arange(len(has_outlier))
 
-    def pick(mask_row: Tensor) -> int:
-        idx = torch.nonzero(mask_row)[:, 0]
-        return int(idx[torch.randint(len(idx), (1,), generator=gen)]) if len(idx) else -1
+    def pick(rows: Tensor) -> Tensor:
+        """Per image, the patch token of one random ``True`` of its row (token 0 when there is none)."""
+        where = [torch.nonzero(row)[:, 0] for row in rows]
+        return torch.tensor([int(w[torch.randint(len(w), (1,), generator=gen)]) if len(w) else 0 for w in where])
 
-    kinds: dict[str, Tensor] = {}
-    normal_idx = torch.tensor([pick(~outliers.mask[i]) for i in images.tolist()])
-    kinds["normal"] = patch[images, normal_idx.clamp_min(0)]
-    if has_outlier.sum() >= 4:
-        kinds["outlier"] = patch[images, torch.tensor([pick(outliers.mask[i]) for i in images.tolist()])]
+    kinds = {"normal": parts["patch"][images, pick(~outliers.mask[images])]}
+    if enough:
+        kinds["outlier"] = parts["patch"][images, pick(outliers.mask[images])]
     if "cls" in parts:
         kinds["cls"] = parts["cls"][images]
-    for r in range(parts["reg"].shape[1]):
-        kinds[f"reg{r}"] = parts["reg"][images, r]
-    y = feats.labels[images]
+    kinds |= {f"reg{r}": parts["reg"][images, r] for r in range(parts["reg"].shape[1])}
     tr, te = split_images(len(images), seed=seed)
-    out = {}
-    for name, x in kinds.items():
-        x_tr, x_te = _standardise(x[tr], x[te])
-        acc = float((_classifier(x_tr, y[tr])(x_te) == y[te]).double().mean())
-        out[name] = {"accuracy": acc, "images": len(te)}
-    return out
+    return {kind: {"accuracy": _accuracy(x, feats.labels[images], tr, te), "images": len(te)}
+            for kind, x in kinds.items()}
 
 
 # --- dense tasks (Table 2) -----------------------------------------------------------------------
@@ -178,13 +172,10 @@ def single_token_probe(feats: Features, outliers: Outliers, layer: int | str = -
 
 def mean_iou(pred: Tensor, target: Tensor, num_classes: int) -> float:
     """Mean intersection-over-union over the classes present in ``target`` or ``pred``."""
-    ious = []
-    for c in range(num_classes):
-        p, t = pred == c, target == c
-        union = (p | t).sum()
-        if union > 0:
-            ious.append(float((p & t).sum()) / float(union))
-    return float(np.mean(ious))
+    counts = torch.bincount(num_classes * target.flatten() + pred.flatten(), minlength=num_classes**2)
+    confusion = counts.reshape(num_classes, num_classes)  # pixels per (true class, predicted class)
+    inter, union = confusion.diag(), confusion.sum(0) + confusion.sum(1) - confusion.diag()
+    return float(np.mean((inter.double() / union)[union > 0].numpy()))
 
 
 def rmse(pred: Tensor, target: Tensor) -> float:
@@ -193,9 +184,7 @@ def rmse(pred: Tensor, target: Tensor) -> float:
 
 def _upsample(patch_values: Tensor, grid: int, patch: int) -> Tensor:
     """``(B, N, ...)`` per-patch values to ``(B, H, W, ...)`` pixels (nearest)."""
-    B = patch_values.shape[0]
-    x = patch_values.reshape(B, grid, grid, *patch_values.shape[2:])
-    return x.repeat_interleave(patch, 1).repeat_interleave(patch, 2)
+    return patch_values.unflatten(1, (grid, grid)).repeat_interleave(patch, 1).repeat_interleave(patch, 2)
 
 
 @dataclass
@@ -207,8 +196,7 @@ class DenseResult:
     depth_rmse: float  # per-pixel RMSE of a per-patch linear regression of depth
 
     def as_dict(self) -> dict[str, float]:
-        return {"classification": self.classification, "segmentation_miou": self.segmentation_miou,
-                "depth_rmse": self.depth_rmse}
+        return asdict(self)
 
 
 def dense_probes(feats: Features, seg: Tensor, depth: Tensor, num_seg_classes: int,
@@ -228,27 +216,21 @@ def dense_probes(feats: Features, seg: Tensor, depth: Tensor, num_seg_classes: i
         raise ValueError("dense_probes needs features collected with labels")
     parts = tokens_at(feats, "final")
     patch = parts["patch"]
-    B, N, D = patch.shape
+    B, N, _ = patch.shape
     g, p = feats.grid, feats.cfg.patch_size
+    H = g * p
     tr, te = split_images(B, seed=seed)
-    # classification on [CLS] (or the mean patch token without one)
-    pooled = parts["cls"] if "cls" in parts else patch.mean(1)
-    c_tr, c_te = _standardise(pooled[tr], pooled[te])
-    cls_acc = float((_classifier(c_tr, feats.labels[tr])(c_te) == feats.labels[te]).double().mean())
-    # per-patch targets
-    seg_p = seg[:, : g * p, : g * p].reshape(B, g, p, g, p).permute(0, 1, 3, 2, 4).reshape(B, N, p * p)
-    seg_target = torch.mode(seg_p, dim=-1).values  # (B, N)
-    depth_target = depth[:, : g * p, : g * p].reshape(B, g, p, g, p).mean((2, 4)).reshape(B, N)
-    x_tr, x_te = patch[tr].reshape(-1, D), patch[te].reshape(-1, D)
-    ys, yd = seg_target[tr].reshape(-1), depth_target[tr].reshape(-1)
-    x_tr, ys, yd = _subsample((x_tr, ys, yd), max_train_tokens, seed)
-    x_tr, x_te = _standardise(x_tr, x_te)
+    pooled = parts["cls"] if "cls" in parts else patch.mean(1)  # classification on [CLS], else the mean patch
+    seg_target = patchify(seg[:, None, :H, :H], p).mode(-1).values  # (B, N)
+    depth_target = depth[:, :H, :H].reshape(B, g, p, g, p).mean((2, 4)).reshape(B, N)
+    x_tr, ys, yd = _subsample((patch[tr].flatten(0, 1), seg_target[tr].flatten(), depth_target[tr].flatten()),
+                              max_train_tokens, seed)
+    x_tr, x_te = _standardise(x_tr, patch[te].flatten(0, 1))
     seg_pred = _classifier(x_tr, ys)(x_te).reshape(len(te), N)
     depth_pred = _ridge(x_tr, yd)(x_te).reshape(len(te), N)
-    H = g * p
-    miou = mean_iou(_upsample(seg_pred, g, p), seg[te][:, :H, :H], num_seg_classes)
-    err = rmse(_upsample(depth_pred, g, p), depth[te][:, :H, :H])
-    return DenseResult(cls_acc, miou, err)
+    return DenseResult(_accuracy(pooled, feats.labels, tr, te),
+                       mean_iou(_upsample(seg_pred, g, p), seg[te][:, :H, :H], num_seg_classes),
+                       rmse(_upsample(depth_pred, g, p), depth[te][:, :H, :H]))
 
 
 # --- object discovery (Table 3) ------------------------------------------------------------------
@@ -277,8 +259,7 @@ def lost(keys: Tensor, grid: int, patch: int, k: int = 100) -> Tensor:
         A = f @ f.T  # (N, N)
         degree = (A > 0).sum(1)
         seed = int(torch.argmin(degree))
-        order = torch.argsort(degree)
-        potentials = order[: min(k, len(order))]
+        potentials = torch.argsort(degree)[:k]
         expanded = potentials[A[seed, potentials] > 0]
         mask = (A[:, expanded].sum(1) > 0).reshape(grid, grid).numpy()
         ys, xs = np.nonzero(_component(mask, divmod(seed, grid)))
@@ -300,8 +281,7 @@ def corloc(pred: Tensor, gt_boxes: Tensor, gt_valid: Tensor, threshold: float = 
     Args:
         pred: ``(B, 4)``; gt_boxes: ``(B, K, 4)``; gt_valid: ``(B, K)`` bool.
     """
-    hits = [bool((box_iou(p[None], g[v]) >= threshold).any()) if v.any() else False
-            for p, g, v in zip(pred, gt_boxes, gt_valid)]
+    hits = [bool((box_iou(p[None], g[v]) >= threshold).any()) for p, g, v in zip(pred, gt_boxes, gt_valid)]
     return float(np.mean(hits))
 
 
@@ -315,11 +295,9 @@ def probe_summary(feats: Features, outliers: Outliers, layer: int | str = -1, se
     """
     local = local_probes(feats, outliers, layer, seed)
     single = single_token_probe(feats, outliers, layer, seed)
-    row = {"outlier_share": outliers.share, "outlier_norm_ratio": outliers.norm_ratio}
-    for kind in ("normal", "outlier"):
-        row[f"position_top1_{kind}"] = local[kind]["position_top1"]
-        row[f"position_distance_{kind}"] = local[kind]["position_distance"]
-        row[f"pixel_l2_{kind}"] = local[kind]["reconstruction_l2"]
-    for kind in ("normal", "outlier", "cls"):
-        row[f"class_{kind}"] = single[kind]["accuracy"] if kind in single else float("nan")
-    return row
+    # local_probes' keys -> this record's names
+    names = dict(position_top1="position_top1", position_distance="position_distance", reconstruction_l2="pixel_l2")
+    return {"outlier_share": outliers.share, "outlier_norm_ratio": outliers.norm_ratio,
+            **{f"{name}_{kind}": local[kind][key] for kind in ("normal", "outlier") for key, name in names.items()},
+            **{f"class_{kind}": single[kind]["accuracy"] if kind in single else float("nan")
+               for kind in ("normal", "outlier", "cls")}}

@@ -5,8 +5,6 @@ one after the other: :func:`alternate` runs them in turn, the order rotating eve
 the median of each one's times is what counts.
 """
 
-from __future__ import annotations
-
 import time
 from collections.abc import Callable, Sequence
 
@@ -18,9 +16,9 @@ from torch import nn
 __all__ = ["sync", "training_step", "alternate", "matmul_tflops", "mfu"]
 
 
-def sync(device: torch.device) -> None:
-    """Wait for the device's queued work (CUDA); nothing on a CPU."""
-    if device.type == "cuda":
+def sync(device: torch.device | None) -> None:
+    """Wait for the device's queued work (CUDA); nothing on a CPU (or ``None``)."""
+    if device is not None and device.type == "cuda":
         torch.cuda.synchronize()
 
 
@@ -47,17 +45,15 @@ def alternate(fns: Sequence[Callable[[], object]], rounds: int, device: torch.de
     Returns:
         ``times[i]``: the ``rounds`` durations of ``fns[i]``.
     """
-    dev = device or torch.device("cpu")
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
+    for fn in list(fns) * warmup:  # untimed: each in turn, ``warmup`` times
+        fn()
     times: list[list[float]] = [[] for _ in fns]
     for r in range(rounds):
         for i in np.roll(np.arange(len(fns)), r):
-            sync(dev)
+            sync(device)
             t = time.perf_counter()
             fns[int(i)]()
-            sync(dev)
+            sync(device)
             times[i].append(time.perf_counter() - t)
     return times
 

@@ -10,8 +10,6 @@ is the same learnable vector for every image, so ``token + pos`` is just another
 vector: :func:`timm_to_regvit_state_dict` folds that position into the token, which is exact.
 """
 
-from __future__ import annotations
-
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -24,14 +22,8 @@ from .model import RegViT, build_model
 if TYPE_CHECKING:  # timm is imported lazily, after the torchvision shim has run
     from timm.models.vision_transformer import VisionTransformer
 
-__all__ = [
-    "TimmConversionError",
-    "config_from_timm",
-    "timm_to_regvit_state_dict",
-    "regvit_from_timm",
-    "timm_kwargs",
-    "regvit_to_timm",
-]
+__all__ = ["TimmConversionError", "config_from_timm", "timm_to_regvit_state_dict", "regvit_from_timm", "timm_kwargs",
+           "regvit_to_timm"]
 
 
 class TimmConversionError(ValueError):
@@ -42,6 +34,7 @@ def _unsupported(model: Any) -> list[str]:
     """Names of timm features, switched on in ``model``, that our ViT does not have."""
     from timm.layers import GluMlp, Mlp
 
+    blk, mlp = model.blocks[0], model.blocks[0].mlp
     checks = {
         "fc_norm (norm after pooling)": not isinstance(model.fc_norm, nn.Identity),
         "norm_pre": not isinstance(model.norm_pre, nn.Identity),
@@ -50,11 +43,9 @@ def _unsupported(model: Any) -> list[str]:
         "no position embedding": model.pos_embed is None,
         "dynamic_img_size": bool(getattr(model, "dynamic_img_size", False)),
         f"global_pool={model.global_pool!r}": model.global_pool not in ("token", "avg"),
+        "q/k norm": not isinstance(blk.attn.q_norm, nn.Identity),
+        "attention proj without bias": blk.attn.proj.bias is None,
     }
-    blk = model.blocks[0]
-    checks["q/k norm"] = not isinstance(blk.attn.q_norm, nn.Identity)
-    checks["attention proj without bias"] = blk.attn.proj.bias is None
-    mlp = blk.mlp
     if isinstance(mlp, GluMlp):
         checks["GLU MLP other than packed SwiGLU"] = mlp.gate_last or not isinstance(mlp.act, nn.SiLU)
     elif isinstance(mlp, Mlp):
@@ -79,33 +70,21 @@ def config_from_timm(model: Any) -> ModelConfig:
     """
     from timm.layers import GluMlp, LayerScale
 
-    bad = _unsupported(model)
-    if bad:
+    if bad := _unsupported(model):
         raise TimmConversionError(f"cannot convert this timm model; unsupported: {', '.join(bad)}")
     blk = model.blocks[0]
-    img = model.patch_embed.img_size
-    patch = model.patch_embed.patch_size
+    img, patch = model.patch_embed.img_size, model.patch_embed.patch_size
     if img[0] != img[1] or patch[0] != patch[1]:
         raise TimmConversionError(f"only square images and patches: img_size={img}, patch_size={patch}")
     dim = model.embed_dim
     try:
         return ModelConfig(
-            img_size=img[0],
-            patch_size=patch[0],
-            in_chans=model.patch_embed.proj.in_channels,
-            num_classes=model.num_classes,
-            embed_dim=dim,
-            depth=len(model.blocks),
-            num_heads=blk.attn.num_heads,
-            mlp_ratio=blk.mlp.fc1.out_features / dim,
-            mlp="swiglu" if isinstance(blk.mlp, GluMlp) else "gelu",
-            qkv_bias=blk.attn.qkv.bias is not None,
-            class_token=model.cls_token is not None,
-            num_registers=int(getattr(model, "num_reg_tokens", 0)),
-            global_pool=model.global_pool,
-            layer_scale_init=1e-5 if isinstance(blk.ls1, LayerScale) else None,
-            norm_eps=float(model.norm.eps),
-        )
+            img_size=img[0], patch_size=patch[0], in_chans=model.patch_embed.proj.in_channels,
+            num_classes=model.num_classes, embed_dim=dim, depth=len(model.blocks), num_heads=blk.attn.num_heads,
+            mlp_ratio=blk.mlp.fc1.out_features / dim, mlp="swiglu" if isinstance(blk.mlp, GluMlp) else "gelu",
+            qkv_bias=blk.attn.qkv.bias is not None, class_token=model.cls_token is not None,
+            num_registers=int(getattr(model, "num_reg_tokens", 0)), global_pool=model.global_pool,
+            layer_scale_init=1e-5 if isinstance(blk.ls1, LayerScale) else None, norm_eps=float(model.norm.eps))
     except ConfigError as err:
         raise TimmConversionError(f"timm model does not fit a ModelConfig: {err}") from err
 
@@ -126,16 +105,12 @@ def timm_to_regvit_state_dict(state_dict: dict[str, Tensor], cfg: ModelConfig) -
     if extra == 0:
         return sd
     if extra != cfg.num_prefix_tokens:
-        raise TimmConversionError(
-            f"pos_embed has {pos.shape[1]} positions; expected {cfg.num_patches} patches "
-            f"(+ {cfg.num_prefix_tokens} prefix tokens)"
-        )
-    i = 0
+        raise TimmConversionError(f"pos_embed has {pos.shape[1]} positions; expected {cfg.num_patches} patches "
+                                  f"(+ {cfg.num_prefix_tokens} prefix tokens)")
     if cfg.class_token:
         sd["cls_token"] = sd["cls_token"] + pos[:, :1]
-        i = 1
-    if cfg.num_registers:
-        sd["reg_token"] = sd["reg_token"] + pos[:, i : i + cfg.num_registers]
+    if cfg.num_registers:  # the positions after [CLS]'s, up to the patches'
+        sd["reg_token"] = sd["reg_token"] + pos[:, int(cfg.class_token) : extra]
     sd["pos_embed"] = pos[:, extra:].clone()
     return sd
 
@@ -156,28 +131,13 @@ def timm_kwargs(cfg: ModelConfig) -> dict[str, Any]:
     """Keyword arguments for timm's ``VisionTransformer`` that build our architecture."""
     from timm.layers import LayerNorm, SwiGLUPacked
 
-    kwargs: dict[str, Any] = dict(
-        img_size=cfg.img_size,
-        patch_size=cfg.patch_size,
-        in_chans=cfg.in_chans,
-        num_classes=cfg.num_classes,
-        embed_dim=cfg.embed_dim,
-        depth=cfg.depth,
-        num_heads=cfg.num_heads,
-        mlp_ratio=cfg.mlp_ratio,
-        qkv_bias=cfg.qkv_bias,
-        class_token=cfg.class_token,
-        reg_tokens=cfg.num_registers,
-        no_embed_class=True,
-        global_pool=cfg.global_pool,
-        fc_norm=False,
-        init_values=cfg.layer_scale_init,
-        drop_path_rate=cfg.drop_path_rate,
-        norm_layer=partial(LayerNorm, eps=cfg.norm_eps),
-    )
-    if cfg.mlp == "swiglu":
-        kwargs.update(mlp_layer=SwiGLUPacked, act_layer=nn.SiLU)
-    return kwargs
+    swiglu = {"mlp_layer": SwiGLUPacked, "act_layer": nn.SiLU} if cfg.mlp == "swiglu" else {}
+    return dict(
+        img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans, num_classes=cfg.num_classes,
+        embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
+        qkv_bias=cfg.qkv_bias, class_token=cfg.class_token, reg_tokens=cfg.num_registers, no_embed_class=True,
+        global_pool=cfg.global_pool, fc_norm=False, init_values=cfg.layer_scale_init,
+        drop_path_rate=cfg.drop_path_rate, norm_layer=partial(LayerNorm, eps=cfg.norm_eps), **swiglu)
 
 
 def regvit_to_timm(model: RegViT) -> "VisionTransformer":

@@ -7,8 +7,6 @@ computation equals the model's own module, so the chapter shows the real model's
 not a toy.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 from typing import cast
 
@@ -63,9 +61,7 @@ def walkthrough(model: RegViT, images: Tensor) -> list[Step]:
     steps.append(Step("flattened patches", "x_p¹ … x_pᴺ", xp))
     E = model.patch_embed.proj.weight.reshape(D, -1).T  # (P^2 C, D)
     steps.append(Step("projection matrix E", "E", E))
-    bias = model.patch_embed.proj.bias
-    assert bias is not None
-    xE = xp @ E + bias  # (B, N, D)
+    xE = xp @ E + cast(Tensor, model.patch_embed.proj.bias)  # (B, N, D)
     _same("patch embedding", xE, model.patch_embed(images))
     steps.append(Step("patch embeddings", "x_p E", xE))
     steps.append(Step("position embedding", "E_pos", model.pos_embed))
@@ -100,10 +96,9 @@ def walkthrough(model: RegViT, images: Tensor) -> list[Step]:
     _same("final norm", y, feats["tokens"])
     steps.append(Step("final LayerNorm", "LN(z_L)", y))
     pooled = model.pool(feats)
-    if cfg.global_pool == "token":
-        steps.append(Step("[CLS] output (registers discarded)", "y = LN(z_L)[cls]", pooled))
-    else:
-        steps.append(Step("mean of patch outputs (registers discarded)", "y = mean LN(z_L)[patches]", pooled))
+    pooling = (("[CLS] output (registers discarded)", "y = LN(z_L)[cls]") if cfg.global_pool == "token"
+               else ("mean of patch outputs (registers discarded)", "y = mean LN(z_L)[patches]"))
+    steps.append(Step(*pooling, pooled))
     logits = model.head(pooled)
     _same("logits", logits, model(images))
     steps.append(Step("class scores", "head(y)", logits))
@@ -112,7 +107,4 @@ def walkthrough(model: RegViT, images: Tensor) -> list[Step]:
 
 def steps_table(steps: list[Step]) -> pd.DataFrame:
     """The steps as a table: name, symbol and tensor shape."""
-    return pd.DataFrame(
-        {"step": [s.name for s in steps], "symbol": [s.symbol for s in steps],
-         "shape": [" × ".join(map(str, s.shape)) for s in steps]}
-    )
+    return pd.DataFrame([{"step": s.name, "symbol": s.symbol, "shape": " × ".join(map(str, s.shape))} for s in steps])

@@ -137,7 +137,7 @@ def test_attention_maps_and_pca(planted) -> None:
     _, feats, _ = planted
     g = MODEL.grid_size
     cls = A.attention_to_patches(feats, "cls", layer=2)
-    reg = A.attention_to_patches(feats, 1, layer=2, head=0)
+    reg = A.attention_to_patches(feats, 1, layer=2)
     assert cls.shape == reg.shape == (600, g, g)
     assert float(cls.sum((1, 2)).max()) <= 1 + 1e-5 and float(cls.min()) >= 0
     with pytest.raises(ValueError, match="register index < 2"):

@@ -9,7 +9,8 @@ import pytest
 from regvit_lib import plots
 from regvit_lib.cache import Store
 from regvit_lib.config import get_profile
-from regvit_lib.emergence import COMPUTE_AXES, _share_above, headline, headline_texts, run_study, stored_study, study_points, study_table
+from regvit_lib.emergence import (COMPUTE_AXES, _share_above, headline, headline_texts, run_study, stored_study,
+                                  study_points, study_table)
 from regvit_lib.summaries import RATIO_BINS
 from regvit_lib.train import TRAIN_CODE
 
@@ -77,7 +78,8 @@ def test_headline_bound_and_extrapolation() -> None:
     assert headline_texts(headline([_row("baseline", 1e13, 2.0)]))["verdict"] == "No run develops high-norm outliers."
     some = headline(rows + [_row("data", 1e13, 2.0, share=0.02)])
     assert (some["share_run"], some["best_share"]) == ("data 1e+13", 0.02)
-    assert "data 1e+13: 2.00 %" in headline_texts(some)["verdict"] and "on objects" in headline_texts(some)["verdict"]  # 0.1 < 0.6
+    verdict = headline_texts(some)["verdict"]
+    assert "data 1e+13: 2.00 %" in verdict and "on objects" in verdict  # 0.1 < 0.6
     noisy = headline(rows + [_row("seeds", 1e13, 3.5), _row("seeds", 1e15, 2.5)])
     assert 0 < noisy["slope"] < 2 * noisy["slope_se"] and "means little" in headline_texts(noisy)["extrapolation"]
     flat = headline([_row("baseline", 1e13, 2.0), _row("compute", 1e14, 1.9)])

@@ -78,7 +78,7 @@ def test_resume_equals_uninterrupted(tmp_path) -> None:
     with pytest.raises(Interrupt):
         train(RUN, root=tmp_path / "cut", progress=False, on_step=_stop_at(8))
     store = Store("runs", RUN, TRAIN_CODE, tmp_path / "cut")
-    assert store.checkpoint_path.exists() and not store.is_complete()
+    assert store.checkpoint_path.exists() and not store.result_path.exists()
     resumed = train(RUN, root=tmp_path / "cut", progress=False)
     assert resumed.metrics["resumed_from"] == 5 and not resumed.cached
     assert not store.checkpoint_path.exists()  # a finished run keeps no checkpoint

@@ -82,7 +82,7 @@ def grid_summary(grid: pd.DataFrame) -> pd.DataFrame:
     numbers = grid.drop(columns=["seed", "sink_on", "norm_map"]).groupby("registers")
     mean = numbers.mean()
     flops_pct = 100 * (mean["gflops"] / mean["gflops"].iloc[0] - 1)
-    return mean.join(numbers.std(ddof=1), rsuffix=" sd").assign(seeds=numbers.size(), flops_pct=flops_pct).reset_index()
+    return mean.join(numbers.std(ddof=1), rsuffix="_sd").assign(seeds=numbers.size(), flops_pct=flops_pct).reset_index()
 
 
 def register_throughput(profile: Profile, counts: tuple[int, ...] = REGISTER_COUNTS, rounds: int = 6,

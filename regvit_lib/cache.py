@@ -179,8 +179,11 @@ class Store:
         # Any failure: truncated zip, bad pickle, disallowed type, ...
         return _read(path, lambda: torch.load(path, map_location="cpu", weights_only=True), (Exception,))
 
-    def load_result(self) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
-        """The result of a finished entry and its weights (``None`` for a measurement), all checked."""
+    def load_result(self, weights: bool = False) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+        """The result of a finished entry and its weights (``None`` for a measurement), all checked.
+
+        With ``weights`` (a trained run), an entry without weights is corrupt.
+        """
         result = self.load_json(self.result_path)
         config = self.load_json(self.config_path)
         got = config.get("key") if isinstance(config, dict) else None
@@ -189,17 +192,19 @@ class Store:
         if not isinstance(result, dict):
             raise CacheCorruptError(self.result_path, "not a JSON object")
         if "model_sha256" not in result:
+            if weights:
+                raise CacheCorruptError(self.result_path, "records no weights (model.pt)")
             return result, None
         if not self.model_path.exists() or _sha256(self.model_path) != result["model_sha256"]:
             raise CacheCorruptError(self.model_path, "missing or does not match the checksum in result.json")
         return result, self.load_tensors(self.model_path)
 
-    def load_or_set_aside(self) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None] | None:
+    def load_or_set_aside(self, weights: bool = False) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None] | None:
         """The stored result, or ``None`` when there is none or it is corrupt (then set aside, with a warning)."""
         if not self.result_path.exists():
             return None
         try:
-            return self.load_result()
+            return self.load_result(weights)
         except CacheCorruptError as e:
             moved = [set_aside(p) for p in dict.fromkeys((e.path, self.result_path))]
             warnings.warn(f"{e}; set aside as {[str(m) for m in moved if m]}, computing it again", stacklevel=3)

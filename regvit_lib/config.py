@@ -307,6 +307,8 @@ class TrainConfig:
         _check_choice("loss", self.loss, Literal["ce", "bce"])
         _check_choice("objective", self.objective, Literal["supervised", "dino"])
         _check_range("dino_momentum", self.dino_momentum, 0.0, 1.0)
+        if (self.mixup or self.cutmix) and self.batch_size % 2:
+            raise ConfigError(f"Mixup/CutMix pair up images: batch_size must be even, got {self.batch_size}")
         if self.objective == "dino" and (self.mixup or self.cutmix or self.label_smoothing or self.loss != "ce"):
             raise ConfigError("objective='dino' uses no labels: mixup, cutmix, label_smoothing and loss do not apply")
         _check_choice("amp", self.amp, Switch)

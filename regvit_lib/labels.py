@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["LABELS", "label", "show"]
+__all__ = ["LABELS", "show"]
 
 LABELS: dict[str, str] = {
     # norms and outliers (chapters 2-4)
@@ -34,14 +34,10 @@ LABELS: dict[str, str] = {
 }
 
 
-def label(key: str) -> str:
-    """The display label of ``key`` (the key itself when it has none)."""
-    return LABELS.get(key, key)
-
-
 def show(table: pd.DataFrame | list[dict[str, Any]] | dict[str, dict[str, Any]], precision: int = 3,
          columns: list[str] | None = None) -> Any:
-    """A table ready to display: ``columns`` (default all) with their labels, numbers rounded, no index.
+    """A table ready to display: ``columns`` (default all) with their labels (keys without one stay as they are),
+    numbers rounded, no index.
 
     Args:
         table: a DataFrame, a list of records, or ``{row name: record}`` (shown with records as columns).
@@ -49,7 +45,8 @@ def show(table: pd.DataFrame | list[dict[str, Any]] | dict[str, dict[str, Any]],
         columns: which keys to show, in order.
     """
     frame = pd.DataFrame(table)
-    if isinstance(table, dict):
-        return frame.rename(index=label).style.format(precision=precision, na_rep="–")
+    if isinstance(table, dict):  # records are columns: ``columns`` picks their keys, the rows
+        frame = frame.loc[columns] if columns is not None else frame
+        return frame.rename(index=LABELS).style.format(precision=precision, na_rep="–")
     frame = frame[columns] if columns is not None else frame
-    return frame.rename(columns=label).style.format(precision=precision, na_rep="–").hide(axis="index")
+    return frame.rename(columns=LABELS).style.format(precision=precision, na_rep="–").hide(axis="index")

@@ -11,7 +11,7 @@ import math
 from typing import Any
 
 from .config import PROFILES, ConfigError, Profile, default_profile_name, get_profile
-from .pretrained import PRETRAINED
+from .pretrained import PRETRAINED, twin
 
 __all__ = ["PARAMS", "chapter_params"]
 
@@ -40,4 +40,6 @@ def chapter_params(**params: object) -> Profile:
         types, ok, accepted = PARAMS[name]
         if (isinstance(value, bool) and bool not in types) or not isinstance(value, types) or not ok(value):
             raise ConfigError(f"parameter {name}={value!r} ({type(value).__name__}) is not {accepted}")
+    if isinstance(alias := params.get("pretrained"), str) and "registers" in params and twin(alias) is None:
+        raise ConfigError(f"parameter pretrained={alias!r} has no twin with (or without) registers to compare")
     return get_profile(str(params.get("profile", default_profile_name())))

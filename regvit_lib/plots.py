@@ -353,7 +353,7 @@ def register_ablation(grid: pd.DataFrame, summary: pd.DataFrame) -> Figure:
     x = np.arange(len(counts))
     for ax, col, title in zip(bottom.subplots(1, 3), ("classification", "segmentation_miou", "depth_rmse"),
                               ("classification (acc)", "segmentation (mIoU)", "depth (RMSE, lower is better)")):
-        sd = summary.get(f"{col} sd")
+        sd = summary.get(f"{col}_sd")
         ax.errorbar(x, summary[col], yerr=None if sd is None or sd.isna().all() else sd, marker="o", capsize=3,
                     color=TOKEN_COLORS["reg"])
         ax.set(xticks=x, xticklabels=[str(c) for c in counts], xlabel="registers")

@@ -8,7 +8,6 @@ dict) with ``torch.load(..., weights_only=True)``; the tests write such a file t
 
 Names: a short alias from :data:`PRETRAINED` (``"dinov2-g"``, ``"dinov2-g-reg"``, ...) or the
 full timm name. :func:`twin` gives a model's twin with (or without) registers.
-
 """
 
 from pathlib import Path

@@ -106,6 +106,8 @@ class Dino:
     and :meth:`update_teacher` after each optimiser step.
     """
 
+    _PARTS = ("head", "teacher", "teacher_head")  # the modules a checkpoint keeps (with the centre)
+
     def __init__(self, model: RegViT, dim: int, momentum: float, steps: int,
                  forward: Callable[[Tensor], Tensor] | None = None) -> None:
         self.student = model
@@ -141,13 +143,11 @@ class Dino:
                 pt.mul_(m).add_((1 - m) * ps.detach())
 
     def state_dict(self) -> dict[str, Any]:
-        return {"head": self.head.state_dict(), "teacher": self.teacher.state_dict(),
-                "teacher_head": self.teacher_head.state_dict(), "center": self.center}
+        return {name: getattr(self, name).state_dict() for name in self._PARTS} | {"center": self.center}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.head.load_state_dict(state["head"])
-        self.teacher.load_state_dict(state["teacher"])
-        self.teacher_head.load_state_dict(state["teacher_head"])
+        for name in self._PARTS:
+            getattr(self, name).load_state_dict(state[name])
         self.center.copy_(state["center"])
 
 

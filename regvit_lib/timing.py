@@ -61,8 +61,12 @@ def alternate(fns: Sequence[Callable[[], object]], rounds: int, device: torch.de
 def matmul_tflops(n: int = 8192, iters: int = 50) -> float:
     """Measured bf16 matmul rate of the current CUDA device, TFLOP/s (2 n^3 per product)."""
     a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    seconds = alternate([lambda: a @ b], iters, torch.device("cuda"), warmup=5)[0]
-    return 2 * n**3 * iters / sum(seconds) / 1e12
+
+    def block() -> None:  # ``iters`` products back to back: one sync for the whole block
+        for _ in range(iters):
+            a @ b
+
+    return 2 * n**3 * iters / alternate([block], 1, torch.device("cuda"))[0][0] / 1e12
 
 
 def mfu(model: nn.Module, flops_per_image: float, batch: int, img_size: int, num_classes: int,

@@ -157,11 +157,11 @@ def train(run: RunConfig, *, root: Path | str | None = None, device: str | torch
     dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     show = progress if progress is not None else os.environ.get("REGVIT_PROGRESS", "1") != "0"
     store = Store("runs", run, TRAIN_CODE, root)
-    stored = store.load_or_set_aside()
-    if stored is not None:
-        result, state = stored
+    stored = store.load_or_set_aside(weights=True)  # a run's entry without its weights is corrupt
+    if stored is not None and (state := stored[1]) is not None:
+        result = stored[0]
         model = build_model(run.model, seed=run.seed, device=dev)
-        model.load_state_dict(state or {})
+        model.load_state_dict(state)
         return TrainedRun(model.eval(), run, store.key, result["metrics"], result["curves"], store.dir,
                           cached=True, seconds=time.perf_counter() - t0)
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if dev.type == "cuda" else []):
@@ -177,6 +177,7 @@ def _fit(run: RunConfig, store: Store, dev: torch.device, show: bool,
     model = build_model(run.model, seed=run.seed, device=dev)
     use_amp, use_compile = _resolve(cfg.amp, dev), _resolve(cfg.compile, dev)
     step_fn: Callable[[Tensor], Tensor] = torch.compile(model) if use_compile else model
+    torch.manual_seed(run.seed)  # the DINO head's initial weights follow the run's seed, as the model's do
     dino = Dino(model, cfg.dino_dim, cfg.dino_momentum, cfg.steps, step_fn) if cfg.objective == "dino" else None
     named = list(model.named_parameters()) + ([] if dino is None else list(dino.head.named_parameters(prefix="dino")))
     # Weight decay on the matrices only: not on biases, norms, LayerScale, tokens or positions.

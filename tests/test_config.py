@@ -101,6 +101,7 @@ def test_profile_seed_validated() -> None:
     (dict(profile="laptop"), r"parameter profile='laptop' \(str\) is not one of \['cpu', 'gpu', 'smoke'\]"),
     (dict(profile=None), r"parameter profile=None \(NoneType\)"),
     (dict(rerun=True), r"unknown chapter parameter 'rerun'"),
+    (dict(pretrained="deit3-b", registers=4), r"parameter pretrained='deit3-b' has no twin"),
 ])
 def test_chapter_parameters_are_checked_at_the_door(params: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

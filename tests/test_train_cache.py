@@ -120,6 +120,17 @@ def test_corrupt_files_are_reported_set_aside_and_only_that_run_retrained(tmp_pa
     assert train(replace(RUN, seed=5), root=tmp_path, progress=False).cached
 
 
+def test_a_run_without_its_weights_is_set_aside_and_retrained(tmp_path) -> None:
+    good = train(RUN, root=tmp_path, progress=False)
+    result = json.loads((good.path / "result.json").read_text())
+    del result["model_sha256"]
+    (good.path / "result.json").write_text(json.dumps(result))
+    with pytest.warns(UserWarning, match="records no weights"):
+        again = train(RUN, root=tmp_path, progress=False)
+    assert not again.cached
+    _same(good, again)
+
+
 def test_corrupt_checkpoint_restarts_the_run(tmp_path) -> None:
     with pytest.raises(Interrupt):
         train(RUN, root=tmp_path, progress=False, on_step=_stop_at(6))
@@ -163,6 +174,8 @@ def test_run_config_validation() -> None:
         TrainConfig(steps=0)
     with pytest.raises(ConfigError, match="amp must be one of"):
         TrainConfig(amp="fp8")
+    with pytest.raises(ConfigError, match="batch_size must be even, got 15"):
+        TrainConfig(batch_size=15, mixup=0.8)
 
 
 def test_profiles_make_runs() -> None:

@@ -9,7 +9,7 @@ self-distillation of :mod:`regvit_lib.selfsup` (no labels; the EMA teacher is th
 
 Every ``eval_every`` steps (and at step 0) the loop evaluates on the validation split and
 records, per layer, the token-norm and attention-sink summaries of
-:mod:`regvit_lib.analysis`: the curves behind "outliers appear during training" (Fig. 4b).
+:mod:`regvit_lib.summaries`: the curves behind "outliers appear during training" (Fig. 4b).
 
 Runs go through the cache (:mod:`regvit_lib.cache`): a finished configuration is loaded, an
 interrupted one resumes from its last checkpoint and ends bit-for-bit where an uninterrupted

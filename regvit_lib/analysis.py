@@ -1,7 +1,9 @@
 """Measurements on token activations and attention maps (the paper's Sec. 2).
 
 One forward pass (:func:`collect`) keeps everything a figure needs: patch embeddings, every
-block's tokens, every attention map, the final tokens. The functions below read that
+block's tokens and token norms, every attention map, the final tokens -- or, for a large
+pretrained model, every block's norms but the tokens of only the blocks that are read, and the
+attention each key receives instead of the maps. The functions below read that
 :class:`Features` object; the probes that *train* something live in :mod:`regvit_lib.probes`.
 Both work on our :class:`~regvit_lib.model.RegViT` and on any timm ``VisionTransformer``
 (converted exactly by :mod:`regvit_lib.timm_interop`), so the code that studies our small
@@ -26,7 +28,7 @@ all large would look like a set of outliers (a pitfall seen in the emergence run
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -38,11 +40,11 @@ from torch import Tensor, nn
 from .config import ModelConfig
 from .data import normalize
 from .model import Block, RegViT, split_tokens
-from .summaries import norm_ratio, studied_block
+from .summaries import norm_ratio, received_attention, split_norms, studied_block
 
-__all__ = ["OUTLIER_K", "Features", "as_regvit", "collect", "tokens_at", "ratio_per_layer", "peak_layer", "Outliers",
-           "detect_outliers", "neighbour_similarity", "top_token_placement", "attention_to_patches", "pca_rgb",
-           "lost_keys", "plant_outliers", "positive_control"]
+__all__ = ["OUTLIER_K", "Features", "as_regvit", "collect", "block_tokens", "tokens_at", "norms_at", "ratio_per_layer",
+           "peak_of_norms", "peak_layer", "Outliers", "detect_outliers", "neighbour_similarity", "top_token_placement",
+           "attention_to_patches", "pca_rgb", "lost_keys", "plant_outliers", "positive_control"]
 
 OUTLIER_K = 4.0  # a patch token is an outlier above OUTLIER_K x its image's median norm
 
@@ -68,9 +70,12 @@ class Features:
     cfg: ModelConfig
     images: Tensor  # (B, 3, H, W) in [0, 1]
     embed: Tensor  # (B, N, D) patch embeddings, before the position embedding
-    blocks: Tensor  # (B, L, T, D) every block's output
+    layers: tuple[int, ...]  # the blocks whose tokens are kept (all, unless collect was told otherwise)
+    blocks: Tensor  # (B, len(layers), T, D) those blocks' outputs
+    norms: Tensor  # (B, L, T) every block's token norms
     final: Tensor  # (B, T, D) after the final norm
     attn: Tensor | None  # (B, L, H, T, T), if collected
+    received: Tensor | None  # (B, L, H, T) per head, each key's mean attention from the patch queries
     labels: Tensor | None = None  # (B,) class labels, if given
 
     @property
@@ -79,44 +84,96 @@ class Features:
 
 
 @torch.no_grad()
-def collect(model: nn.Module, images: Tensor, labels: Tensor | None = None, attn: bool = True,
-            batch_size: int = 64) -> Features:
-    """Run ``model`` once over ``images`` (in [0, 1]) and keep every token and attention map.
+def collect(model: nn.Module, images: Tensor, labels: Tensor | None = None, attn: bool | str = True,
+            batch_size: int = 64,
+            layers: Sequence[int] | Callable[[Tensor], Sequence[int]] | None = None) -> Features:
+    """Run ``model`` once over ``images`` (in [0, 1]) and keep its tokens and attention.
 
     Args:
         model: a :class:`RegViT` or a timm ``VisionTransformer``.
         images: ``(B, 3, H, W)`` in [0, 1]; normalised here as in training.
         labels: optional class labels, carried along for the probes.
-        attn: also keep the attention maps (memory: B x L x H x T^2 floats).
+        attn: ``True`` keeps every attention map (memory: B x L x H x T^2 floats) and what each
+            key receives from the patch queries; ``"received"`` only the latter (B x L x H x T,
+            all the sink measurements read); ``False`` neither.
         batch_size: images per forward pass.
+        layers: the blocks whose tokens are kept (B x T x D floats each; the norms of every
+            block are always kept). ``None`` keeps all; a function of the first batch's token
+            norms ``(b, L, T)`` picks them after that batch -- how a pretrained ViT-L, 25 MB of
+            tokens per image, keeps the two blocks its measurements read.
     """
+    if attn not in (True, False, "received"):
+        raise ValueError(f"attn must be True, False or 'received', got {attn!r}")
     m = as_regvit(model)
     was_training = m.training
     m.eval()
     dev = next(m.parameters()).device
-    outs = (m.forward_features(normalize(batch.to(dev)), return_blocks=True, return_attn=attn)
-            for batch in images.split(batch_size))
-    parts = [{k: out[k].float().cpu() for k in ("embed", "blocks", "tokens", "attn") if k in out} for out in outs]
+    kept: tuple[int, ...] | None = None
+    parts = []
+    for batch in images.split(batch_size):
+        out = m.forward_features(normalize(batch.to(dev)), return_blocks=True, return_attn=bool(attn))
+        blocks = out["blocks"].float()
+        part = {"embed": out["embed"].float().cpu(), "final": out["tokens"].float().cpu(),
+                "norms": blocks.norm(dim=-1).cpu()}
+        if attn:
+            part["received"] = received_attention(out["attn"], m.cfg.num_prefix_tokens).cpu()
+        if attn is True:
+            part["attn"] = out["attn"].float().cpu()
+        if kept is None:
+            chosen = range(m.cfg.depth) if layers is None else layers(part["norms"]) if callable(layers) else layers
+            kept = tuple(sorted({_block_index(i, m.cfg.depth) for i in chosen}))
+        part["blocks"] = blocks[:, list(kept)].cpu()
+        parts.append(part)
     m.train(was_training)
     cat = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
-    return Features(m.cfg, images.cpu(), cat["embed"], cat["blocks"], cat["tokens"], cat.get("attn"),
-                    None if labels is None else labels.cpu())
+    return Features(m.cfg, images.cpu(), cat["embed"], kept or (), cat["blocks"], cat["norms"], cat["final"],
+                    cat.get("attn"), cat.get("received"), None if labels is None else labels.cpu())
+
+
+def _block_index(layer: int, depth: int) -> int:
+    """``layer`` as an index in ``0 .. depth-1`` (``-1``: the last block); out of range raises."""
+    if not -depth <= int(layer) < depth:
+        raise IndexError(f"block {layer} does not exist in a model of depth {depth}")
+    return int(layer) % depth
+
+
+def block_tokens(feats: Features, layer: int) -> Tensor:
+    """``(B, T, D)``: the output tokens of one block (``-1``: the last), if :func:`collect` kept it."""
+    i = _block_index(layer, feats.cfg.depth)
+    if i not in feats.layers:
+        raise ValueError(f"block {layer} was not kept by collect(layers=...); kept: {feats.layers}")
+    return feats.blocks[:, feats.layers.index(i)]
 
 
 def tokens_at(feats: Features, layer: int | str = "final") -> dict[str, Tensor]:
     """The named token slices (``cls``, ``reg``, ``patch``) at a block or at the output."""
-    x = feats.final if layer == "final" else feats.blocks[:, int(layer)]
+    x = feats.final if layer == "final" else block_tokens(feats, int(layer))
     return split_tokens(x, feats.cfg.class_token, feats.cfg.num_registers)
+
+
+def norms_at(feats: Features, layer: int | str = "final") -> dict[str, Tensor]:
+    """The token norms (``cls`` ``(B,)``, ``reg`` ``(B, R)``, ``patch`` ``(B, N)``) at any block or at the output."""
+    return split_norms(feats.final.norm(dim=-1) if layer == "final" else feats.norms[:, int(layer)], feats.cfg)
 
 
 def ratio_per_layer(feats: Features) -> Tensor:
     """``(B, L)``: per image and block, the largest patch norm over the image's median patch norm."""
-    return norm_ratio(feats.blocks[:, :, feats.cfg.num_prefix_tokens :].norm(dim=-1)).amax(-1)
+    return _max_ratios(feats.norms, feats.cfg.num_prefix_tokens)
+
+
+def _max_ratios(norms: Tensor, prefix: int) -> Tensor:
+    return norm_ratio(norms[:, :, prefix:]).amax(-1)
+
+
+def peak_of_norms(norms: Tensor, prefix: int) -> int:
+    """The studied block (:func:`regvit_lib.summaries.studied_block`) of token norms ``(B, L, T)``
+    whose first ``prefix`` tokens are [CLS] and registers."""
+    return studied_block(_max_ratios(norms, prefix).mean(0).tolist())
 
 
 def peak_layer(feats: Features) -> int:
-    """The studied block of these features (:func:`regvit_lib.summaries.studied_block`)."""
-    return studied_block(ratio_per_layer(feats).mean(0).tolist())
+    """The studied block of these features."""
+    return peak_of_norms(feats.norms, feats.cfg.num_prefix_tokens)
 
 
 @dataclass
@@ -155,7 +212,7 @@ def detect_outliers(feats: Features, layer: int | str = -1, k: float = OUTLIER_K
     """
     if not k > 1:
         raise ValueError(f"k must be > 1 (a multiple of the median), got {k!r}")
-    norms = tokens_at(feats, layer)["patch"].norm(dim=-1)  # (B, N)
+    norms = norms_at(feats, layer)["patch"]  # (B, N)
     ratio = norm_ratio(norms)
     return Outliers(ratio > k, norms, ratio)
 
@@ -191,7 +248,7 @@ def top_token_placement(feats: Features, background: Tensor, layer: int | str = 
         the base rate ``background_patches``; ``top_similarity`` (neighbour similarity of those
         tokens' patches, :func:`neighbour_similarity`) against ``all_similarity`` (all patches).
     """
-    top = tokens_at(feats, layer)["patch"].norm(dim=-1).argmax(1)  # (B,)
+    top = norms_at(feats, layer)["patch"].argmax(1)  # (B,)
     sim = neighbour_similarity(feats)
     rows = torch.arange(len(top))
     return {"top_on_background": float(background[rows, top].float().mean()),
@@ -256,7 +313,7 @@ def lost_keys(model: nn.Module, feats: Features) -> Tensor:
     blk = m.blocks[-1]
     assert isinstance(blk, Block)
     # The last block's input: the previous block's output (or the embedded tokens).
-    x_in = feats.blocks[:, -2].to(dev) if m.cfg.depth > 1 else m._pos_embed(feats.embed.to(dev))
+    x_in = block_tokens(feats, -2).to(dev) if m.cfg.depth > 1 else m._pos_embed(feats.embed.to(dev))
     keys = blk.attn.qkv(blk.norm1(x_in)).chunk(3, dim=-1)[1]  # (B, T, D): the middle third of q, k, v
     return keys[:, m.cfg.num_prefix_tokens :].float().cpu()
 

@@ -11,7 +11,12 @@ Not a test: it times things and writes what it measured.
    profile's batch size.
 4. **Analysis cost**: one pass that keeps every block's tokens and attention maps and computes
    all-layer norms (:func:`regvit_lib.analysis.collect` + norms), against a plain forward.
-5. **On a GPU only**: the card's measured bf16 matmul rate, and the model FLOPs utilisation
+5. **Pretrained models** (``--pretrained``, alone): seconds per image of the lean pass chapters 2
+   and 3 run on each pretrained model of the profile (:func:`regvit_lib.measure.load_subject`),
+   on timm's architecture with random weights -- the time does not depend on the weights'
+   values, so nothing is downloaded -- and the build time those models add at the profile's image
+   count (weights download excluded).
+6. **On a GPU only**: the card's measured bf16 matmul rate, and the model FLOPs utilisation
    (MFU) of a ViT-S/16 at 224 px trained in bf16 (compiled): counted training FLOPs per image
    (3x the forward) times images per second, over that rate.
 """
@@ -31,14 +36,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import ModelConfig, ScenesConfig, get_profile, vit_config
+from .config import ModelConfig, Profile, ScenesConfig, get_profile, vit_config
 from .data import normalize
 from .flops import count_flops
 from .model import build_model
 from .scenes import render_scenes
 from .timing import alternate, mfu, training_step
 
-__all__ = ["generator_rate", "compare_with_timm", "data_share", "analysis_cost", "main"]
+__all__ = ["generator_rate", "compare_with_timm", "data_share", "analysis_cost", "pretrained_cost", "main"]
 
 
 def _render(cfg: ScenesConfig, batch: int) -> Callable[[], object]:
@@ -89,7 +94,6 @@ def data_share(cfg: ModelConfig, data: ScenesConfig, batch: int, iters: int = 10
 def analysis_cost(cfg: ModelConfig, batch: int, pairs: int = 20) -> dict[str, float]:
     """Seconds of a plain forward vs an analysis pass (all tokens, attention maps, norms)."""
     from .analysis import collect
-    from .summaries import token_norms
 
     model = build_model(cfg).eval()
     images = torch.rand(batch, cfg.in_chans, cfg.img_size, cfg.img_size)
@@ -99,17 +103,42 @@ def analysis_cost(cfg: ModelConfig, batch: int, pairs: int = 20) -> dict[str, fl
         model(normalize(images))
 
     def analysis() -> None:
-        token_norms(collect(model, images, batch_size=batch).blocks, cfg)
+        collect(model, images, batch_size=batch)
 
     t_plain, t_analysis = alternate([plain, analysis], pairs)
     return {"plain_s": statistics.median(t_plain), "analysis_s": statistics.median(t_analysis),
             "ratio": statistics.median(b / a for a, b in zip(t_plain, t_analysis))}
 
 
+def pretrained_cost(profile: Profile, rounds: int = 2) -> dict[str, Any]:
+    """Seconds per image of each pretrained model of ``profile`` (median of ``rounds`` batches of
+    :data:`~regvit_lib.measure.PRETRAINED_BATCH` scenes), and the build time they add: every
+    model over ``profile.pretrained.images`` scenes once (chapter 3 reuses chapter 2's cached pass)
+    plus the photographs, model loading excluded."""
+    import timm
+
+    from .analysis import as_regvit, collect
+    from .measure import PRETRAINED_BATCH
+    from .pretrained import resolve
+
+    pset = profile.pretrained
+    images = torch.rand(PRETRAINED_BATCH, 3, pset.img_size, pset.img_size)
+    per_image = {}
+    for name in dict.fromkeys((*pset.pair, *pset.others, *pset.sizes)):
+        model = as_regvit(timm.create_model(resolve(name), pretrained=False, img_size=pset.img_size,
+                                            num_classes=0).eval())
+        lean = lambda: collect(model, images, attn="received", batch_size=PRETRAINED_BATCH, layers=(1, -2))  # noqa: E731
+        per_image[name] = statistics.median(alternate([lean], rounds)[0]) / PRETRAINED_BATCH
+    photos = {n: 4 for n in (*pset.pair, *pset.others)}  # chapter 2's and 3's attention maps (4 photographs)
+    return {"img_size": pset.img_size, "images": pset.images, "s_per_image": per_image,
+            "added_build_s": sum(t * (pset.images + photos.get(n, 0)) for n, t in per_image.items())}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default="cpu", help="whose model and batch size to time (default cpu)")
     ap.add_argument("--out", default=None, help="folder for bench-<device>.json (default: print only)")
+    ap.add_argument("--pretrained", action="store_true", help="time only the profile's pretrained models")
     args = ap.parse_args(argv)
     prof = get_profile(args.profile)
     gpu = torch.cuda.is_available()
@@ -117,8 +146,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "command": "python -m regvit_lib.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "profile": prof.name, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
-        "device": torch.cuda.get_device_name() if gpu else "cpu",
-        "generator_img_per_s_1thread": {str(s): generator_rate(s) for s in (32, 64)}}
+        "device": torch.cuda.get_device_name() if gpu else "cpu"}
+    if args.pretrained:
+        from .cache import code_version
+        from .emergence import git_commit
+
+        res |= {"commit": git_commit(), "code": code_version(("analysis.py", "model.py", "timm_interop.py", "bench.py"))}
+        res["pretrained"] = pretrained_cost(prof)
+        return _report(res, args.out, f"bench-pretrained-{'gpu' if gpu else 'cpu'}.json")
+    res["generator_img_per_s_1thread"] = {str(s): generator_rate(s) for s in (32, 64)}
     batch = min(prof.train.batch_size, 128)
     res["timm"] = {str(r): compare_with_timm(replace(prof.model, num_registers=r), batch) for r in (0, 4)}
     res["data"] = data_share(prof.model, prof.data, prof.train.batch_size)
@@ -129,9 +165,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cfg = vit_config("S", patch_size=16, img_size=224)
         model = cast(nn.Module, torch.compile(build_model(cfg, device="cuda").train()))
         res["gpu_vit_s16_224_bf16"] = mfu(model, 3 * count_flops(cfg), 256, 224, cfg.num_classes)
+    return _report(res, args.out, f"bench-{'gpu' if gpu else 'cpu'}.json")
+
+
+def _report(res: dict[str, Any], out: str | None, name: str) -> dict[str, Any]:
     print(json.dumps(res, indent=1))
-    if args.out:
-        path = Path(args.out) / f"bench-{'gpu' if gpu else 'cpu'}.json"
+    if out:
+        path = Path(out) / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(res, indent=1) + "\n")
     return res

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 __all__ = ["CACHE_ENV_VAR", "CacheCorruptError", "cache_root", "atomic_write", "code_version", "Store", "cached",
-           "set_aside"]
+           "set_aside", "sha256_file"]
 
 CACHE_ENV_VAR = "REGVIT_CACHE"
 _PACKAGE = Path(__file__).resolve().parent
@@ -127,7 +127,8 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"cannot put {type(obj).__name__} {obj!r} in a cache key")
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file, as hex."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
@@ -168,7 +169,7 @@ class Store:
         self.save_json(self.config_path, {"key": self.key, **self.doc})
         if state_dict is not None:
             self.save_tensors(self.model_path, state_dict)
-            result = {**result, "model_sha256": _sha256(self.model_path)}
+            result = {**result, "model_sha256": sha256_file(self.model_path)}
         self.save_json(self.result_path, result)
         self.checkpoint_path.unlink(missing_ok=True)
 
@@ -195,7 +196,7 @@ class Store:
             if weights:
                 raise CacheCorruptError(self.result_path, "records no weights (model.pt)")
             return result, None
-        if not self.model_path.exists() or _sha256(self.model_path) != result["model_sha256"]:
+        if not self.model_path.exists() or sha256_file(self.model_path) != result["model_sha256"]:
             raise CacheCorruptError(self.model_path, "missing or does not match the checksum in result.json")
         return result, self.load_tensors(self.model_path)
 

@@ -7,12 +7,17 @@ numbers and tables of chapters 2 and 3 (the paper's Sec. 2 and Sec. 3) as snake_
 :mod:`regvit_lib.labels` names their columns for display, :mod:`regvit_lib.plots` draws them and
 :mod:`regvit_lib.claims` turns them into verdicts.
 
-For a pretrained model (``pretrained="dinov2-g"``, needs the model hub) the scenes are rendered
-at the model's input size, so the probes that need labels (segmentation, depth, boxes, class)
-run on it too, and the photographs of :func:`regvit_lib.data.photos` are shown in the
-figures.
+For a pretrained model (an alias of :data:`~regvit_lib.config.PRETRAINED`; its weights are
+fetched by :mod:`regvit_lib.pretrained`) the scenes are rendered at the model's input size, so
+the probes that need labels (segmentation, depth, boxes, class) run on it too, and the
+photographs of :func:`regvit_lib.data.photos` are shown in the figures. Its forward pass keeps
+only the two blocks the measurements read (the studied block, chosen on the first batch, and
+the last block's input) and is cached, keyed by the SHA-256 of the weights file.
+:func:`pretrained_subjects` gives a chapter the profile's pretrained models, or a one-sentence
+note saying why they were skipped.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -22,17 +27,20 @@ import torch
 from torch import Tensor
 
 from .analysis import (OUTLIER_K, Features, attention_to_patches, collect, detect_outliers, lost_keys,
-                       neighbour_similarity, pca_rgb, peak_layer, positive_control, tokens_at, top_token_placement)
-from .config import Profile, ScenesConfig
+                       neighbour_similarity, norms_at, pca_rgb, peak_layer, peak_of_norms, positive_control,
+                       tokens_at, top_token_placement)
+from .cache import Store, cached
+from .config import ConfigError, PretrainedSet, Profile, ScenesConfig, alias_of, has_registers
 from .data import photos
 from .model import RegViT, count_parameters
-from .pretrained import load_pretrained, resolve, twin
+from .pretrained import WEIGHTS_ENV_VAR, WeightsUnavailable, load_pretrained, resolve, twin, weights_file, weights_id
 from .probes import corloc, dense_probes, lost, probe_summary
 from .scenes import SceneBatch, background_patches, render_scenes
 from .summaries import sink_summary
 from .train import TrainedRun, train
 
-__all__ = ["Subject", "load_subject", "norm_report", "share_per_layer", "layer_norms", "sinks", "dense_table",
+__all__ = ["PRETRAINED_BATCH", "Subject", "load_subject", "pretrained_set", "pretrained_subjects", "norm_report",
+           "share_per_layer", "layer_norms", "sinks", "dense_table",
            "object_discovery", "register_maps", "local_and_global", "neighbour_table", "planted", "size_ladder",
            "size_sweep"]
 
@@ -44,50 +52,132 @@ class Subject:
     name: str  # e.g. "cpu, 4 registers" or "dinov2-g"
     scale: str  # the profile's name, or "pretrained"
     model: RegViT
-    feats: Features  # every token and attention map of ``scenes``
+    feats: Features  # one pass over ``scenes``: every token and attention map (ours); lean (pretrained)
     scenes: SceneBatch  # the labels: class, segmentation, depth, boxes
     data: ScenesConfig  # the scenes' configuration (for background masks)
-    layer: int  # the block whose norms are studied: the largest mean max/median ratio (blocks >= 1)
+    layer: int  # the studied block: the largest mean max/median ratio (blocks >= 1; pretrained: on the first batch)
     run: TrainedRun | None  # the training run (our models), with its curves; None when pretrained
     visual: Tensor  # images shown in the figures: the first scenes, or photographs (pretrained)
     params: int  # the model's parameter count
+    key: str  # what decides ``feats``: the run's or the weights' cache key, and the scenes; keys the probes' cache
 
 
 def load_subject(profile: Profile, registers: int = 0, pretrained: str | None = None, images: int = 400,
                  img_size: int = 224, seed: int | None = None, **model_overrides: Any) -> Subject:
-    """Train (or load from the cache) or download a model, and run it over labelled scenes.
+    """Train (or load from the cache) or fetch a model, and run it over labelled scenes.
 
     Args:
         profile: the book's profile: its model and data, unless ``pretrained``.
         registers: number of registers of our model; for a pretrained DINOv2, 0 picks the model
             without registers and anything else its ``reg4`` twin.
-        pretrained: an alias or timm name (:mod:`regvit_lib.pretrained`); needs the hub.
+        pretrained: an alias or timm name (:mod:`regvit_lib.pretrained`).
         images: how many validation scenes to probe on.
         img_size: input size of the pretrained model (a multiple of its patch size).
         seed: training seed of our model (default: the profile's).
         model_overrides: other :class:`~regvit_lib.config.ModelConfig` fields of our model
             (e.g. ``embed_dim`` for the model-size figure).
+
+    Raises:
+        WeightsUnavailable: a pretrained model's weights cannot be fetched.
     """
     if isinstance(images, bool) or not isinstance(images, int) or images < 4:
         raise ValueError(f"images must be an int >= 4 (half of them fit the probes), got {images!r}")
-    if pretrained is None:
-        run = train(profile.run(seed=seed, num_registers=registers, **model_overrides), progress=False)
-        model, data, scale = run.model, profile.data, profile.name
-        extra = "".join(f", {k}={v}" for k, v in model_overrides.items())
-        name = f"{profile.name}, {registers} register{'s' * (registers != 1)}{extra}"
-    else:
+    if pretrained is not None:
         name = resolve(pretrained)
-        if ("_reg4_" in name) != (registers > 0):
+        if has_registers(name) != (registers > 0):
             if (other := twin(name)) is None:
                 raise ValueError(f"{name} has no twin {'with' if registers else 'without'} registers")
             name = other
-        model = load_pretrained(name, img_size=img_size).to("cuda" if torch.cuda.is_available() else "cpu")
-        data = replace(profile.data, img_size=img_size, val_size=max(images, profile.data.val_size))
-        run, scale = None, "pretrained"
-    scenes = render_scenes(data, "val", np.arange(min(images, data.val_size)))
-    feats = collect(model, scenes.image, scenes.label, attn=True, batch_size=32)
-    visual = scenes.image[:4] if pretrained is None else photos(img_size)
-    return Subject(name, scale, model, feats, scenes, data, peak_layer(feats), run, visual, count_parameters(model))
+        return _pretrained_subject(name, replace(profile.data, img_size=img_size,
+                                                 val_size=max(images, profile.data.val_size)), images)
+    run = train(profile.run(seed=seed, num_registers=registers, **model_overrides), progress=False)
+    extra = "".join(f", {k}={v}" for k, v in model_overrides.items())
+    name = f"{profile.name}, {registers} register{'s' * (registers != 1)}{extra}"
+    scenes = render_scenes(profile.data, "val", np.arange(min(images, profile.data.val_size)))
+    feats = collect(run.model, scenes.image, scenes.label, attn=True, batch_size=32)
+    return Subject(name, profile.name, run.model, feats, scenes, profile.data, peak_layer(feats), run,
+                   scenes.image[:4], count_parameters(run.model), f"{run.key}/{len(scenes.image)}")
+
+
+PRETRAINED_BATCH = 8  # images per forward pass of a pretrained model; the first batch picks the studied block
+_FEATURES_CODE = ("analysis.py", "model.py", "scenes.py", "data.py", "summaries.py", "timm_interop.py",
+                  "pretrained.py", "measure.py")
+_SAVED = ("embed", "blocks", "norms", "final", "received")
+_PROBES_CODE = (*_FEATURES_CODE, "probes.py")
+
+
+def _cached_probe(subject: Subject, kind: str, compute: Any, **config: Any) -> dict[str, Any]:
+    """A probe's result on a subject's own features, computed once per subject, settings and code."""
+    return cached(kind, dict(subject=subject.key, **config), _PROBES_CODE, compute)
+
+
+def _pretrained_subject(name: str, data: ScenesConfig, images: int) -> Subject:
+    """A pretrained model over ``images`` labelled scenes: one lean forward pass, cached by the weights' SHA-256."""
+    path = weights_file(name)
+    model = load_pretrained(name, img_size=data.img_size, checkpoint=path)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    scenes = render_scenes(data, "val", np.arange(images))
+    import timm
+
+    store = Store("pretrained-features", dict(model=name, weights=weights_id(path), data=data, images=images,
+                                              batch=PRETRAINED_BATCH, timm=timm.__version__), _FEATURES_CODE)
+    if (stored := store.load_or_set_aside(weights=True)) is not None:
+        meta, tensors = stored[0], stored[1] or {}
+    else:
+        studied: list[int] = []
+
+        def keep(norms: Tensor) -> tuple[int, int]:  # the studied block (on this first batch) and the last one's input
+            studied.append(peak_of_norms(norms, model.cfg.num_prefix_tokens))
+            return studied[0], -2
+
+        f = collect(model, scenes.image, scenes.label, attn="received", batch_size=PRETRAINED_BATCH, layers=keep)
+        meta, tensors = {"layer": studied[0], "layers": list(f.layers)}, {k: getattr(f, k) for k in _SAVED}
+        store.save_result(meta, tensors)
+    feats = Features(model.cfg, scenes.image, tensors["embed"], tuple(meta["layers"]), tensors["blocks"],
+                     tensors["norms"], tensors["final"], None, tensors["received"], scenes.label)
+    return Subject(alias_of(name), "pretrained", model, feats, scenes, data, int(meta["layer"]), None,
+                   photos(data.img_size), count_parameters(model), store.key)
+
+
+def pretrained_set(profile: Profile, choice: bool | str) -> PretrainedSet | None:
+    """The pretrained models a chapter studies: the profile's (``True``), none (``False``), or one
+    DINOv2 alias and its twin (at the profile's image size and count).
+
+    Raises:
+        ConfigError: an unknown name, or one without a twin.
+    """
+    if isinstance(choice, bool):
+        return profile.pretrained if choice else None
+    if (other := twin(choice)) is None:
+        raise ConfigError(f"pretrained={choice!r} has no twin with (or without) registers; choose a DINOv2 "
+                          f"model, or True for the profile's models")
+    pair = (alias_of(choice), alias_of(other)) if has_registers(other) else (alias_of(other), alias_of(choice))
+    return replace(profile.pretrained, pair=pair, others=())
+
+
+def pretrained_subjects(profile: Profile, choice: bool | str, pairs: bool = False) -> tuple[list[Subject], str]:
+    """A chapter's pretrained subjects (:func:`pretrained_set`), or none and a one-sentence note
+    saying why they were skipped (``""`` when they ran).
+
+    Args:
+        choice: the chapter's ``pretrained`` parameter.
+        pairs: ``False``: the models without registers (the pair's first and the others, chapter 2);
+            ``True``: the pair, without then with registers (chapter 3).
+
+    Every weights file is looked for first, so nothing is computed when one is missing.
+    """
+    if (pset := pretrained_set(profile, choice)) is None:
+        return [], "Not run in this build: the chapter's parameter `pretrained` is False."
+    names = list(pset.pair) if pairs else [pset.pair[0], *pset.others]
+    needed = list(dict.fromkeys(names if pairs else (*names, *pset.sizes)))  # chapter 2 also runs the size sweep
+    try:
+        for name in needed:
+            weights_file(name)
+    except WeightsUnavailable as e:
+        return [], (f"Skipped in this build: the weights of {', '.join(needed)} could not be fetched ({e}); "
+                    f"`make book` where huggingface.co is reachable runs it, as does a build with "
+                    f"${WEIGHTS_ENV_VAR} naming a folder of timm checkpoints.")
+    return [load_subject(profile, has_registers(n), n, pset.images, pset.img_size) for n in names], ""
 
 
 def norm_report(subject: Subject, k: float = OUTLIER_K) -> dict[str, float]:
@@ -115,30 +205,33 @@ def share_per_layer(subject: Subject, k: float = OUTLIER_K) -> Tensor:
 
 def layer_norms(subject: Subject) -> dict[str, Tensor]:
     """Token norms at the subject's peak block: ``patch``, ``cls``, ``reg``."""
-    return {kind: t.norm(dim=-1) for kind, t in tokens_at(subject.feats, subject.layer).items()}
+    return norms_at(subject.feats, subject.layer)
 
 
 def sinks(subject: Subject) -> pd.DataFrame:
     """Per block, the strongest attention sink: ``sink_mass`` (its share of the patch queries'
     attention), ``sink_on`` (``cls``, ``reg`` or ``patch``) and ``same_token`` (how often it is the
     same token across images)."""
-    rows = sink_summary(subject.feats.attn, subject.model.cfg) if subject.feats.attn is not None else []
+    rows = sink_summary(subject.feats.received, subject.model.cfg) if subject.feats.received is not None else []
     return pd.DataFrame([{"block": i, "sink_mass": r["mass"], "sink_on": max(r["kind"], key=r["kind"].get),
                           "same_token": r["fixed"]} for i, r in enumerate(rows)])
 
 
 def dense_table(subjects: list[Subject], seed: int = 0) -> pd.DataFrame:
     """The paper's Table 2 for our subjects: ``classification``, ``segmentation_miou``, ``depth_rmse``."""
-    return pd.DataFrame([{"model": s.name, **dense_probes(s.feats, s.scenes.seg, s.scenes.depth,
-                                                         num_seg_classes=1 + len(s.data.shapes), seed=seed).as_dict()}
+    def probe(s: Subject) -> dict[str, float]:
+        return dense_probes(s.feats, s.scenes.seg, s.scenes.depth, num_seg_classes=1 + len(s.data.shapes),
+                            seed=seed).as_dict()
+    return pd.DataFrame([{"model": s.name, **_cached_probe(s, "probe-dense", lambda: probe(s), seed=seed)}
                          for s in subjects])
 
 
 def object_discovery(subjects: list[Subject]) -> pd.DataFrame:
     """The paper's Table 3 for our subjects: LOST boxes from the last layer's keys, CorLoc."""
-    boxes = [lost(lost_keys(s.model, s.feats), s.feats.grid, s.model.cfg.patch_size) for s in subjects]
-    return pd.DataFrame([{"model": s.name, "corloc": corloc(b, s.scenes.boxes, s.scenes.box_valid)}
-                         for s, b in zip(subjects, boxes)])
+    def discover(s: Subject) -> dict[str, float]:
+        boxes = lost(lost_keys(s.model, s.feats), s.feats.grid, s.model.cfg.patch_size)
+        return {"corloc": corloc(boxes, s.scenes.boxes, s.scenes.box_valid)}
+    return pd.DataFrame([{"model": s.name, **_cached_probe(s, "probe-lost", lambda: discover(s))} for s in subjects])
 
 
 def register_maps(subject: Subject, features: Features | None = None, layer: int = -1) -> dict[str, Tensor]:
@@ -159,8 +252,11 @@ def local_and_global(subject: Subject, features: Features | None = None, k: floa
                      seed: int = 0) -> dict[str, float]:
     """Fig. 5b and Table 1 in one record: position / pixel probes and single-token class probes
     (:func:`regvit_lib.probes.probe_summary`)."""
-    f = subject.feats if features is None else features
-    return probe_summary(f, detect_outliers(f, subject.layer, k), subject.layer, seed)
+    def probe(f: Features) -> dict[str, float]:
+        return probe_summary(f, detect_outliers(f, subject.layer, k), subject.layer, seed)
+    if features is not None:  # other features of the subject's model (the planted control): not cached
+        return probe(features)
+    return _cached_probe(subject, "probe-local-global", lambda: probe(subject.feats), layer=subject.layer, k=k, seed=seed)
 
 
 def neighbour_table(subject: Subject, features: Features | None = None, k: float = OUTLIER_K) -> dict[str, Tensor]:
@@ -185,19 +281,20 @@ def size_ladder(profile: Profile) -> list[int]:
     return [w for w in (d // 2, d, d * 3 // 2) if w % h == 0 and w >= h]
 
 
-def size_sweep(profile: Profile, pretrained: str | None = None, images: int = 200,
-               k: float = OUTLIER_K) -> list[dict[str, Any]]:
+def size_sweep(profile: Profile, pretrained: PretrainedSet | None = None, images: int = 200,
+               k: float = OUTLIER_K, loaded: Sequence[Subject] = ()) -> list[dict[str, Any]]:
     """Fig. 4c: the norm report of models of several sizes, smallest first.
 
     Our models: the profile's at the widths of :func:`size_ladder` (same depth, recipe, seed;
-    through the cache). Pretrained DINOv2: the S, B, L and g models of the same kind (with or
-    without registers). One model at a time: each is freed before the next is loaded.
+    through the cache). Pretrained: the models of ``pretrained.sizes`` (DINOv2 S, B, L, ...), at its
+    image size and count, reusing the ``loaded`` subjects of the same names. One model at a time:
+    each is freed before the next is loaded.
     """
     if pretrained is None:
         return [_size_row(f"D={w}", load_subject(profile, images=images, embed_dim=w), k) for w in size_ladder(profile)]
-    registers = int("_reg4_" in resolve(pretrained))
-    return [_size_row(f"DINOv2-{size.upper()}", load_subject(profile, registers, f"dinov2-{size}", images), k)
-            for size in "sblg"]
+    known = {s.name: s for s in loaded}
+    return [_size_row(n, known.get(n) or load_subject(profile, has_registers(n), n, pretrained.images,
+                                                      pretrained.img_size), k) for n in pretrained.sizes]
 
 
 def _size_row(name: str, subject: Subject, k: float) -> dict[str, Any]:

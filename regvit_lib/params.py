@@ -10,16 +10,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .config import PROFILES, ConfigError, Profile, default_profile_name, get_profile
-from .pretrained import PRETRAINED, twin
+from .config import PRETRAINED, PROFILES, ConfigError, Profile, default_profile_name, get_profile
+from .pretrained import twin
 
 __all__ = ["PARAMS", "chapter_params"]
 
 # A chapter's parameters: name -> (accepted types, check, what is accepted). bool is never an int here.
 PARAMS: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "profile": ((str,), lambda v: v in PROFILES, f"one of {sorted(PROFILES)}"),
-    "pretrained": ((str, type(None)), lambda v: v is None or v in PRETRAINED or v in PRETRAINED.values(),
-                   f"None or one of {sorted(PRETRAINED)} (or their timm names)"),
+    "pretrained": ((bool, str), lambda v: isinstance(v, bool) or v in PRETRAINED or v in PRETRAINED.values(),
+                   f"True (the profile's pretrained models), False or one of {sorted(PRETRAINED)}"),
     "num_registers": ((int,), lambda v: v >= 0, "an integer >= 0"),
     "registers": ((int,), lambda v: v >= 1, "an integer >= 1"),
     "probe_images": ((int,), lambda v: v >= 8, "an integer >= 8"),
@@ -40,6 +40,7 @@ def chapter_params(**params: object) -> Profile:
         types, ok, accepted = PARAMS[name]
         if (isinstance(value, bool) and bool not in types) or not isinstance(value, types) or not ok(value):
             raise ConfigError(f"parameter {name}={value!r} ({type(value).__name__}) is not {accepted}")
-    if isinstance(alias := params.get("pretrained"), str) and "registers" in params and twin(alias) is None:
-        raise ConfigError(f"parameter pretrained={alias!r} has no twin with (or without) registers to compare")
+    if isinstance(alias := params.get("pretrained"), str) and twin(alias) is None:
+        raise ConfigError(f"parameter pretrained={alias!r} has no twin with (or without) registers to compare; "
+                          f"True studies the profile's models (DeiT-III among them)")
     return get_profile(str(params.get("profile", default_profile_name())))

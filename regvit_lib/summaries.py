@@ -24,7 +24,8 @@ from torch import Tensor
 from .config import ModelConfig
 from .model import split_tokens
 
-__all__ = ["RATIO_BINS", "norm_ratio", "studied_block", "token_norms", "norm_summary", "sink_summary"]
+__all__ = ["RATIO_BINS", "norm_ratio", "studied_block", "token_norms", "split_norms", "norm_summary", "received_attention",
+           "sink_summary"]
 
 # log2(norm / image median) histogram edges: 1/8x .. 64x in quarter octaves (Fig. 3, 4b).
 RATIO_BINS = np.arange(-3.0, 6.0 + 1e-9, 0.25)
@@ -51,9 +52,12 @@ def token_norms(blocks: Tensor, cfg: ModelConfig) -> dict[str, Tensor]:
     Returns:
         ``patch`` (B, L, N), ``reg`` (B, L, R) and, with a class token, ``cls`` (B, L).
     """
-    norms = blocks.float().norm(dim=-1)  # (B, L, T)
-    parts = split_tokens(norms[..., None], cfg.class_token, cfg.num_registers)
-    return {k: v[..., 0] for k, v in parts.items()}
+    return split_norms(blocks.float().norm(dim=-1), cfg)
+
+
+def split_norms(norms: Tensor, cfg: ModelConfig) -> dict[str, Tensor]:
+    """Token norms ``(..., T)`` by kind: ``patch`` (..., N), ``reg`` (..., R), ``cls`` (...,) with a class token."""
+    return {k: v[..., 0] for k, v in split_tokens(norms[..., None], cfg.class_token, cfg.num_registers).items()}
 
 
 def norm_summary(norms: dict[str, Tensor]) -> list[dict[str, Any]]:
@@ -87,14 +91,20 @@ def norm_summary(norms: dict[str, Tensor]) -> list[dict[str, Any]]:
     return out
 
 
-def sink_summary(attn: Tensor, cfg: ModelConfig) -> list[dict[str, Any]]:
+def received_attention(attn: Tensor, prefix: int) -> Tensor:
+    """``(..., H, T)`` from attention maps ``(..., H, T, T)``: per head, the mean attention each key
+    receives from the patch queries (the queries after the ``prefix`` tokens)."""
+    return attn[..., prefix:, :].float().mean(dim=-2)
+
+
+def sink_summary(received: Tensor, cfg: ModelConfig) -> list[dict[str, Any]]:
     """Attention sinks per layer: how much attention the patch queries send to one key.
 
     For each image, layer and head, the attention of all *patch* queries is averaged, and the
     key receiving the most of it is that head's sink. Per layer, the strongest head is kept.
 
     Args:
-        attn: ``(B, L, H, T, T)`` attention maps (``forward_features(..., return_attn=True)``).
+        received: ``(B, L, H, T)``, :func:`received_attention` of the attention maps.
         cfg: the model's config (for the token layout).
 
     Returns:
@@ -104,14 +114,13 @@ def sink_summary(attn: Tensor, cfg: ModelConfig) -> list[dict[str, Any]]:
         means a sink at a fixed position).
     """
     P = cfg.num_prefix_tokens
-    received = attn[..., P:, :].float().mean(dim=-2)  # (B, L, H, T): mean over patch queries
     mass, key = received.max(dim=-1)  # (B, L, H)
     head = mass.argmax(dim=-1, keepdim=True)  # (B, L, 1): strongest head
     mass = mass.gather(-1, head)[..., 0]  # (B, L)
     key = key.gather(-1, head)[..., 0]  # (B, L)
     c = int(cfg.class_token)
     out = []
-    for layer in range(attn.shape[1]):
+    for layer in range(received.shape[1]):
         k = key[:, layer]
         kinds = {"cls": float((k < c).float().mean()),
                  "reg": float(((k >= c) & (k < P)).float().mean()),

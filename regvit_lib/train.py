@@ -43,7 +43,7 @@ from .config import RunConfig, TrainConfig
 from .data import DataSource, batch_indices, make_source, normalize
 from .model import RegViT, build_model, count_parameters
 from .selfsup import Dino, knn_accuracy
-from .summaries import norm_summary, sink_summary, token_norms
+from .summaries import norm_summary, received_attention, sink_summary, token_norms
 
 __all__ = ["TrainedRun", "get_lr", "train", "evaluate", "TRAIN_CODE"]
 
@@ -129,7 +129,7 @@ def evaluate(model: RegViT, source: DataSource, split: str, num_images: int, bat
         x, _ = source.batch(split, np.arange(min(stats_images, n)), device)
         feats = model.forward_features(normalize(x), return_blocks=True, return_attn=True)
         out["norms"] = norm_summary({k: v.cpu() for k, v in token_norms(feats["blocks"], model.cfg).items()})
-        out["sinks"] = sink_summary(feats["attn"].cpu(), model.cfg)
+        out["sinks"] = sink_summary(received_attention(feats["attn"], model.cfg.num_prefix_tokens).cpu(), model.cfg)
     model.train(was_training)
     return out
 

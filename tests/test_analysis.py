@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from regvit_lib import ModelConfig, plots
-from regvit_lib.summaries import RATIO_BINS, norm_summary, sink_summary, token_norms
+from regvit_lib.summaries import RATIO_BINS, norm_summary, received_attention, sink_summary, token_norms
 
 matplotlib.use("Agg")
 CFG = ModelConfig(img_size=16, patch_size=4, embed_dim=8, depth=2, num_heads=2, num_registers=2)
@@ -37,7 +37,7 @@ def test_sinks_find_the_key_that_patch_queries_attend_to() -> None:
     attn[:, 0, 1, P:, P + 5] = 1.0  # layer 0, head 1: every patch query -> patch 5
     attn[:, 1, 0, P:, :] = 0.5 / (T - 1)
     attn[:, 1, 0, P:, 1] = 0.5  # layer 1, head 0: half of the attention -> register 0
-    rows = sink_summary(attn, CFG)
+    rows = sink_summary(received_attention(attn, P), CFG)
     assert rows[0]["mass"] == pytest.approx(1.0) and rows[0]["token"] == P + 5
     assert rows[0]["kind"] == {"cls": 0.0, "reg": 0.0, "patch": 1.0} and rows[0]["fixed"] == 1.0
     assert rows[1]["mass"] == pytest.approx(0.5) and rows[1]["kind"]["reg"] == 1.0
@@ -147,8 +147,9 @@ def test_attention_maps_and_pca(planted) -> None:
 
 
 def test_neighbour_similarity_of_a_flat_image_is_one() -> None:
-    feats = A.Features(MODEL, torch.zeros(1, 3, 32, 32), torch.ones(1, MODEL.num_patches, 32),
-                       torch.zeros(1, 3, MODEL.num_tokens, 32), torch.zeros(1, MODEL.num_tokens, 32), None)
+    feats = A.Features(MODEL, torch.zeros(1, 3, 32, 32), torch.ones(1, MODEL.num_patches, 32), (0, 1, 2),
+                       torch.zeros(1, 3, MODEL.num_tokens, 32), torch.zeros(1, 3, MODEL.num_tokens),
+                       torch.zeros(1, MODEL.num_tokens, 32), None, None)
     feats.embed[0, 0] = -1  # patch 0 points the other way: its neighbours 1 and 8 see it
     sim = A.neighbour_similarity(feats)
     assert sim[0, 0] == pytest.approx(-1.0) and sim[0, 1] == pytest.approx((1 + 1 - 1) / 3)

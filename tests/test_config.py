@@ -97,11 +97,12 @@ def test_profile_seed_validated() -> None:
     (dict(k=float("nan")), r"parameter k=nan"),
     (dict(registers=0), r"parameter registers=0 \(int\) is not an integer >= 1"),
     (dict(num_registers=-1), r"parameter num_registers=-1"),
-    (dict(pretrained="dinov3"), r"parameter pretrained='dinov3' \(str\) is not None or one of"),
+    (dict(pretrained="dinov3"), r"parameter pretrained='dinov3' \(str\) is not True \(the profile's pretrained models\), False or one of"),
     (dict(profile="laptop"), r"parameter profile='laptop' \(str\) is not one of \['cpu', 'gpu', 'smoke'\]"),
     (dict(profile=None), r"parameter profile=None \(NoneType\)"),
     (dict(rerun=True), r"unknown chapter parameter 'rerun'"),
-    (dict(pretrained="deit3-b", registers=4), r"parameter pretrained='deit3-b' has no twin"),
+    (dict(pretrained="deit3-b"), r"parameter pretrained='deit3-b' has no twin"),
+    (dict(pretrained=None), r"parameter pretrained=None \(NoneType\) is not True"),
 ])
 def test_chapter_parameters_are_checked_at_the_door(params: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -110,7 +111,7 @@ def test_chapter_parameters_are_checked_at_the_door(params: dict, message: str) 
 
 
 def test_good_chapter_parameters_give_the_profile(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert chapter_params(profile="cpu", rerun_study=False, probe_images=400, k=4, pretrained=None) is PROFILES["cpu"]
+    assert chapter_params(profile="cpu", rerun_study=False, probe_images=400, k=4, pretrained=False) is PROFILES["cpu"]
     assert chapter_params(profile="smoke", pretrained="dinov2-l-reg", registers=4).name == "smoke"
     monkeypatch.setenv(PROFILE_ENV_VAR, "smoke")
     assert chapter_params(k=4.0) is PROFILES["smoke"]

@@ -167,7 +167,7 @@ def pretrained_subjects(profile: Profile, choice: bool | str, pairs: bool = Fals
     Every weights file is looked for first, so nothing is computed when one is missing.
     """
     if (pset := pretrained_set(profile, choice)) is None:
-        return [], "Not run in this build: the chapter's parameter `pretrained` is False."
+        return [], "Not run in this build: the chapter's parameter pretrained is False."
     names = list(pset.pair) if pairs else [pset.pair[0], *pset.others]
     needed = list(dict.fromkeys(names if pairs else (*names, *pset.sizes)))  # chapter 2 also runs the size sweep
     try:
@@ -175,7 +175,7 @@ def pretrained_subjects(profile: Profile, choice: bool | str, pairs: bool = Fals
             weights_file(name)
     except WeightsUnavailable as e:
         return [], (f"Skipped in this build: the weights of {', '.join(needed)} could not be fetched ({e}); "
-                    f"`make book` where huggingface.co is reachable runs it, as does a build with "
+                    f"make book where huggingface.co is reachable runs it, as does a build with "
                     f"${WEIGHTS_ENV_VAR} naming a folder of timm checkpoints.")
     return [load_subject(profile, has_registers(n), n, pset.images, pset.img_size) for n in names], ""
 

@@ -11,12 +11,15 @@ Not a test: it times things and writes what it measured.
    profile's batch size.
 4. **Analysis cost**: one pass that keeps every block's tokens and attention maps and computes
    all-layer norms (:func:`regvit_lib.analysis.collect` + norms), against a plain forward.
-5. **Pretrained models** (``--pretrained``, alone): seconds per image of the lean pass chapters 2
+5. **The training step against the machine's matmul rate** (also ``--step``, alone): images per
+   second of the profile's step in fp32 and in bf16 autocast, the FLOP/s that makes (counted
+   FLOPs), and its fraction of the measured matmul rate in the same precision.
+6. **Pretrained models** (``--pretrained``, alone): seconds per image of the lean pass chapters 2
    and 3 run on each pretrained model of the profile (:func:`regvit_lib.measure.load_subject`),
    on timm's architecture with random weights -- the time does not depend on the weights'
    values, so nothing is downloaded -- and the build time those models add at the profile's image
    count (weights download excluded).
-6. **On a GPU only**: the card's measured bf16 matmul rate, and the model FLOPs utilisation
+7. **On a GPU only**: the card's measured bf16 matmul rate, and the model FLOPs utilisation
    (MFU) of a ViT-S/16 at 224 px trained in bf16 (compiled): counted training FLOPs per image
    (3x the forward) times images per second, over that rate.
 """
@@ -43,7 +46,8 @@ from .model import build_model
 from .scenes import render_scenes
 from .timing import alternate, mfu, training_step
 
-__all__ = ["generator_rate", "compare_with_timm", "data_share", "analysis_cost", "pretrained_cost", "main"]
+__all__ = ["generator_rate", "compare_with_timm", "data_share", "analysis_cost", "step_vs_matmul", "pretrained_cost",
+           "main"]
 
 
 def _render(cfg: ScenesConfig, batch: int) -> Callable[[], object]:
@@ -110,6 +114,15 @@ def analysis_cost(cfg: ModelConfig, batch: int, pairs: int = 20) -> dict[str, fl
             "ratio": statistics.median(b / a for a, b in zip(t_plain, t_analysis))}
 
 
+def step_vs_matmul(profile: Profile, iters: int = 10) -> dict[str, dict[str, float]]:
+    """The profile's training step (its model and batch) as a fraction of the machine's matmul
+    rate in the same precision: fp32, and bf16 autocast."""
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg, flops = profile.model, 3 * count_flops(profile.model)
+    return {name: mfu(build_model(cfg, device=dev).train(), flops, profile.train.batch_size, cfg.img_size,
+                      cfg.num_classes, iters, dev, amp) for name, amp in (("fp32", False), ("bf16_autocast", True))}
+
+
 def pretrained_cost(profile: Profile, rounds: int = 2) -> dict[str, Any]:
     """Seconds per image of each pretrained model of ``profile`` (median of ``rounds`` batches of
     :data:`~regvit_lib.measure.PRETRAINED_BATCH` scenes), and the build time they add: every
@@ -139,6 +152,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--profile", default="cpu", help="whose model and batch size to time (default cpu)")
     ap.add_argument("--out", default=None, help="folder for bench-<device>.json (default: print only)")
     ap.add_argument("--pretrained", action="store_true", help="time only the profile's pretrained models")
+    ap.add_argument("--step", action="store_true", help="time only the training step against the matmul rate")
     args = ap.parse_args(argv)
     prof = get_profile(args.profile)
     gpu = torch.cuda.is_available()
@@ -154,6 +168,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         res |= {"commit": git_commit(), "code": code_version(("analysis.py", "model.py", "timm_interop.py", "bench.py"))}
         res["pretrained"] = pretrained_cost(prof)
         return _report(res, args.out, f"bench-pretrained-{'gpu' if gpu else 'cpu'}.json")
+    if args.step:
+        res["step_vs_matmul"] = step_vs_matmul(prof)
+        return _report(res, args.out, f"bench-step-{'gpu' if gpu else 'cpu'}.json")
     res["generator_img_per_s_1thread"] = {str(s): generator_rate(s) for s in (32, 64)}
     batch = min(prof.train.batch_size, 128)
     res["timm"] = {str(r): compare_with_timm(replace(prof.model, num_registers=r), batch) for r in (0, 4)}
@@ -161,6 +178,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     res["analysis_vs_forward"] = {
         "profile model, batch 128": analysis_cost(prof.model, 128),
         "ViT-S/14 at 224 px, 4 registers, batch 8": analysis_cost(vit_config("S", num_registers=4), 8)}
+    res["step_vs_matmul"] = step_vs_matmul(prof)
     if gpu:  # MFU of a ViT-S/16 at 224 px, bf16, compiled
         cfg = vit_config("S", patch_size=16, img_size=224)
         model = cast(nn.Module, torch.compile(build_model(cfg, device="cuda").train()))

@@ -200,6 +200,15 @@ class Store:
             raise CacheCorruptError(self.model_path, "missing or does not match the checksum in result.json")
         return result, self.load_tensors(self.model_path)
 
+    def tensors(self, compute: Callable[[], tuple[dict[str, Any], dict[str, torch.Tensor]]]
+                ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """A measurement that holds tensors: ``(JSON-able dict, tensors)``, stored, or computed and stored now."""
+        if (stored := self.load_or_set_aside(weights=True)) is not None and stored[1] is not None:
+            return stored[0], stored[1]
+        result, tensors = compute()
+        self.save_result(result, tensors)
+        return result, tensors
+
     def load_or_set_aside(self, weights: bool = False) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None] | None:
         """The stored result, or ``None`` when there is none or it is corrupt (then set aside, with a warning)."""
         if not self.result_path.exists():

@@ -17,8 +17,9 @@ the last block's input) and is cached, keyed by the SHA-256 of the weights file.
 note saying why they were skipped.
 """
 
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from functools import cache as once, cached_property
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,7 @@ from .analysis import (OUTLIER_K, Features, attention_to_patches, collect, detec
                        neighbour_similarity, norms_at, pca_rgb, peak_layer, peak_of_norms, positive_control,
                        tokens_at, top_token_placement)
 from .cache import Store, cached
-from .config import ConfigError, PretrainedSet, Profile, ScenesConfig, alias_of, has_registers
+from .config import ConfigError, ModelConfig, PretrainedSet, Profile, ScenesConfig, alias_of, has_registers
 from .data import photos
 from .model import RegViT, count_parameters
 from .pretrained import WEIGHTS_ENV_VAR, WeightsUnavailable, load_pretrained, resolve, twin, weights_file, weights_id
@@ -41,7 +42,7 @@ from .train import TrainedRun, train
 
 __all__ = ["PRETRAINED_BATCH", "Subject", "load_subject", "pretrained_set", "pretrained_subjects", "norm_report",
            "share_per_layer", "layer_norms", "sinks", "dense_table",
-           "object_discovery", "register_maps", "local_and_global", "neighbour_table", "planted", "size_ladder",
+           "object_discovery", "register_maps", "photo_maps", "local_and_global", "neighbour_table", "planted", "size_ladder",
            "size_sweep"]
 
 
@@ -51,7 +52,7 @@ class Subject:
 
     name: str  # e.g. "cpu, 4 registers" or "dinov2-g"
     scale: str  # the profile's name, or "pretrained"
-    model: RegViT
+    load_model: Callable[[], RegViT]  # the model, loaded when first asked for (see ``model``)
     feats: Features  # one pass over ``scenes``: every token and attention map (ours); lean (pretrained)
     scenes: SceneBatch  # the labels: class, segmentation, depth, boxes
     data: ScenesConfig  # the scenes' configuration (for background masks)
@@ -60,6 +61,15 @@ class Subject:
     visual: Tensor  # images shown in the figures: the first scenes, or photographs (pretrained)
     params: int  # the model's parameter count
     key: str  # what decides ``feats``: the run's or the weights' cache key, and the scenes; keys the probes' cache
+
+    @cached_property
+    def model(self) -> RegViT:
+        """The model (a pretrained one is read from its weights file only when something needs it)."""
+        return self.load_model()
+
+    @property
+    def cfg(self) -> ModelConfig:
+        return self.feats.cfg
 
 
 def load_subject(profile: Profile, registers: int = 0, pretrained: str | None = None, images: int = 400,
@@ -95,7 +105,7 @@ def load_subject(profile: Profile, registers: int = 0, pretrained: str | None = 
     name = f"{profile.name}, {registers} register{'s' * (registers != 1)}{extra}"
     scenes = render_scenes(profile.data, "val", np.arange(min(images, profile.data.val_size)))
     feats = collect(run.model, scenes.image, scenes.label, attn=True, batch_size=32)
-    return Subject(name, profile.name, run.model, feats, scenes, profile.data, peak_layer(feats), run,
+    return Subject(name, profile.name, lambda: run.model, feats, scenes, profile.data, peak_layer(feats), run,
                    scenes.image[:4], count_parameters(run.model), f"{run.key}/{len(scenes.image)}")
 
 
@@ -112,31 +122,33 @@ def _cached_probe(subject: Subject, kind: str, compute: Any, **config: Any) -> d
 
 
 def _pretrained_subject(name: str, data: ScenesConfig, images: int) -> Subject:
-    """A pretrained model over ``images`` labelled scenes: one lean forward pass, cached by the weights' SHA-256."""
-    path = weights_file(name)
-    model = load_pretrained(name, img_size=data.img_size, checkpoint=path)
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
-    scenes = render_scenes(data, "val", np.arange(images))
+    """A pretrained model over ``images`` labelled scenes: one lean forward pass, cached by the weights'
+    SHA-256. The model itself is read from its file only when the pass (or a figure) needs it."""
     import timm
 
-    store = Store("pretrained-features", dict(model=name, weights=weights_id(path), data=data, images=images,
-                                              batch=PRETRAINED_BATCH, timm=timm.__version__), _FEATURES_CODE)
-    if (stored := store.load_or_set_aside(weights=True)) is not None:
-        meta, tensors = stored[0], stored[1] or {}
-    else:
+    path = weights_file(name)
+    model = once(lambda: load_pretrained(name, img_size=data.img_size, checkpoint=path).to(
+        "cuda" if torch.cuda.is_available() else "cpu"))
+    scenes = render_scenes(data, "val", np.arange(images))
+
+    def compute() -> tuple[dict[str, Any], dict[str, Tensor]]:
         studied: list[int] = []
 
         def keep(norms: Tensor) -> tuple[int, int]:  # the studied block (on this first batch) and the last one's input
-            studied.append(peak_of_norms(norms, model.cfg.num_prefix_tokens))
+            studied.append(peak_of_norms(norms, model().cfg.num_prefix_tokens))
             return studied[0], -2
 
-        f = collect(model, scenes.image, scenes.label, attn="received", batch_size=PRETRAINED_BATCH, layers=keep)
-        meta, tensors = {"layer": studied[0], "layers": list(f.layers)}, {k: getattr(f, k) for k in _SAVED}
-        store.save_result(meta, tensors)
-    feats = Features(model.cfg, scenes.image, tensors["embed"], tuple(meta["layers"]), tensors["blocks"],
-                     tensors["norms"], tensors["final"], None, tensors["received"], scenes.label)
+        f = collect(model(), scenes.image, scenes.label, attn="received", batch_size=PRETRAINED_BATCH, layers=keep)
+        return ({"layer": studied[0], "layers": list(f.layers), "params": count_parameters(model()),
+                 "cfg": asdict(f.cfg)}, {k: getattr(f, k) for k in _SAVED})
+
+    store = Store("pretrained-features", dict(model=name, weights=weights_id(path), data=data, images=images,
+                                              batch=PRETRAINED_BATCH, timm=timm.__version__), _FEATURES_CODE)
+    meta, tensors = store.tensors(compute)
+    feats = Features(ModelConfig(**meta["cfg"]), scenes.image, tensors["embed"], tuple(meta["layers"]),
+                     tensors["blocks"], tensors["norms"], tensors["final"], None, tensors["received"], scenes.label)
     return Subject(alias_of(name), "pretrained", model, feats, scenes, data, int(meta["layer"]), None,
-                   photos(data.img_size), count_parameters(model), store.key)
+                   photos(data.img_size), int(meta["params"]), store.key)
 
 
 def pretrained_set(profile: Profile, choice: bool | str) -> PretrainedSet | None:
@@ -192,7 +204,7 @@ def norm_report(subject: Subject, k: float = OUTLIER_K) -> dict[str, float]:
     """
     out = detect_outliers(subject.feats, subject.layer, k)
     per_image = out.ratio.amax(-1)
-    bg = background_patches(subject.scenes.seg, subject.model.cfg.patch_size)
+    bg = background_patches(subject.scenes.seg, subject.cfg.patch_size)
     return {"layer": subject.layer, "share": out.share, "norm_ratio": out.norm_ratio,
             "ratio_mean": float(per_image.mean()), "ratio_max": float(per_image.max()),
             **top_token_placement(subject.feats, bg, subject.layer)}
@@ -200,7 +212,7 @@ def norm_report(subject: Subject, k: float = OUTLIER_K) -> dict[str, float]:
 
 def share_per_layer(subject: Subject, k: float = OUTLIER_K) -> Tensor:
     """``(L,)``: per block, the share of patch tokens above ``k`` x their image's median norm."""
-    return torch.tensor([detect_outliers(subject.feats, i, k).share for i in range(subject.model.cfg.depth)])
+    return torch.tensor([detect_outliers(subject.feats, i, k).share for i in range(subject.cfg.depth)])
 
 
 def layer_norms(subject: Subject) -> dict[str, Tensor]:
@@ -212,7 +224,7 @@ def sinks(subject: Subject) -> pd.DataFrame:
     """Per block, the strongest attention sink: ``sink_mass`` (its share of the patch queries'
     attention), ``sink_on`` (``cls``, ``reg`` or ``patch``) and ``same_token`` (how often it is the
     same token across images)."""
-    rows = sink_summary(subject.feats.received, subject.model.cfg) if subject.feats.received is not None else []
+    rows = sink_summary(subject.feats.received, subject.cfg) if subject.feats.received is not None else []
     return pd.DataFrame([{"block": i, "sink_mass": r["mass"], "sink_on": max(r["kind"], key=r["kind"].get),
                           "same_token": r["fixed"]} for i, r in enumerate(rows)])
 
@@ -229,7 +241,7 @@ def dense_table(subjects: list[Subject], seed: int = 0) -> pd.DataFrame:
 def object_discovery(subjects: list[Subject]) -> pd.DataFrame:
     """The paper's Table 3 for our subjects: LOST boxes from the last layer's keys, CorLoc."""
     def discover(s: Subject) -> dict[str, float]:
-        boxes = lost(lost_keys(s.model, s.feats), s.feats.grid, s.model.cfg.patch_size)
+        boxes = lost(lost_keys(s.model, s.feats), s.feats.grid, s.cfg.patch_size)
         return {"corloc": corloc(boxes, s.scenes.boxes, s.scenes.box_valid)}
     return pd.DataFrame([{"model": s.name, **_cached_probe(s, "probe-lost", lambda: discover(s))} for s in subjects])
 
@@ -246,6 +258,16 @@ def register_maps(subject: Subject, features: Features | None = None, layer: int
     queries |= {f"register {r}": r for r in range(f.cfg.num_registers)}
     maps = {name: attention_to_patches(f, query, layer) for name, query in queries.items()}
     return maps | {"PCA of patches": pca_rgb(tokens_at(f, "final")["patch"], f.grid)}
+
+
+def photo_maps(subject: Subject) -> dict[str, Tensor]:
+    """:func:`register_maps` of the subject's ``visual`` images (Fig. 2 and 9), from one pass over
+    them, cached per subject and images."""
+    import hashlib
+
+    seen = hashlib.sha256(subject.visual.numpy().tobytes()).hexdigest()
+    return Store("photo-maps", dict(subject=subject.key, images=seen), _FEATURES_CODE).tensors(
+        lambda: ({}, register_maps(subject, collect(subject.model, subject.visual))))[1]
 
 
 def local_and_global(subject: Subject, features: Features | None = None, k: float = OUTLIER_K,

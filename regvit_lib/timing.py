@@ -58,28 +58,35 @@ def alternate(fns: Sequence[Callable[[], object]], rounds: int, device: torch.de
     return times
 
 
-def matmul_tflops(n: int = 8192, iters: int = 50) -> float:
-    """Measured bf16 matmul rate of the current CUDA device, TFLOP/s (2 n^3 per product)."""
-    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+def matmul_tflops(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, n: int | None = None,
+                  iters: int | None = None) -> float:
+    """Measured matmul rate of ``device`` in ``dtype`` with the current threads, TFLOP/s (2 n^3 per
+    product; default n = 8192 and 50 products on a GPU, 2048 and 10 on a CPU)."""
+    dev = torch.device(device)
+    n = n or (8192 if dev.type == "cuda" else 2048)
+    iters = iters or (50 if dev.type == "cuda" else 10)
+    a, b = (torch.randn(n, n, device=dev, dtype=dtype) for _ in range(2))
 
     def block() -> None:  # ``iters`` products back to back: one sync for the whole block
         for _ in range(iters):
             a @ b
-
-    return 2 * n**3 * iters / alternate([block], 1, torch.device("cuda"))[0][0] / 1e12
+    return 2 * n**3 * iters / min(alternate([block], 3, dev)[0]) / 1e12
 
 
 def mfu(model: nn.Module, flops_per_image: float, batch: int, img_size: int, num_classes: int,
-        iters: int = 30) -> dict[str, float]:
-    """Model FLOPs utilisation of training ``model`` in bf16 on the current CUDA device.
+        iters: int = 30, device: str = "cuda", amp: bool = True) -> dict[str, float]:
+    """Model FLOPs utilisation of training ``model`` on ``device``: the achieved rate (counted
+    FLOPs times images per second) over the measured matmul rate of the step's precision (bf16
+    with ``amp``, else fp32).
 
     Args:
         flops_per_image: counted training FLOPs of one image (3x the forward).
     """
-    dev = torch.device("cuda")
+    dev = torch.device(device)
     x = torch.randn(batch, 3, img_size, img_size, device=dev)
     y = torch.randint(num_classes, (batch,), device=dev)
-    seconds = alternate([training_step(model, x, y, amp=True)], iters, dev, warmup=5)[0]
+    seconds = alternate([training_step(model, x, y, amp=amp)], iters, dev, warmup=2)[0]
     rate = batch * iters / sum(seconds)
-    achieved, peak = rate * flops_per_image / 1e12, matmul_tflops()
+    achieved = rate * flops_per_image / 1e12
+    peak = matmul_tflops(device, torch.bfloat16 if amp else torch.float32)
     return {"img_per_s": rate, "achieved_tflops": achieved, "matmul_tflops": peak, "mfu": achieved / peak}

@@ -83,6 +83,7 @@ import numpy as np
 from safetensors.torch import save_file
 
 from regvit_lib import analysis, measure, pretrained
+from regvit_lib.model import count_parameters
 from regvit_lib.config import PROFILES, ConfigError as CfgError, PretrainedSet
 from regvit_lib.summaries import received_attention
 
@@ -186,13 +187,19 @@ def test_features_are_cached_by_the_weights_identity(weights, tmp_path, monkeypa
     first = measure.load_subject(SMOKE, 0, "dinov2-s", images=16, img_size=112)
     assert first.scale == "pretrained" and first.name == "dinov2-s" and first.feats.layers[-1] == 10
     assert first.layer in first.feats.layers and first.visual.shape == (4, 3, 112, 112)
+    maps = measure.photo_maps(first)
+    assert set(maps) == {"[CLS]", "PCA of patches"} and maps["[CLS]"].shape == (4, 8, 8)
     monkeypatch.setattr(measure, "collect", lambda *a, **k: pytest.fail("computed again"))
+    monkeypatch.setattr(measure, "load_pretrained", lambda *a, **k: pytest.fail("model loaded though all is cached"))
     again = measure.load_subject(SMOKE, 0, "dinov2-s", images=16, img_size=112)
     torch.testing.assert_close(again.feats.norms, first.feats.norms)
-    assert again.layer == first.layer
+    assert again.layer == first.layer and again.params == first.params == count_parameters(first.model)
+    assert again.cfg == first.model.cfg
+    torch.testing.assert_close(measure.photo_maps(again)["[CLS]"], maps["[CLS]"])  # the figures, from the cache
+    assert json.dumps(measure.local_and_global(again)) == json.dumps(measure.local_and_global(first))  # NaN-safe
     # other weights under the same name: a new entry, never the old numbers
     write_weights(weights, ["dinov2-s"], seed=1)
-    with pytest.raises(pytest.fail.Exception, match="computed again"):
+    with pytest.raises(pytest.fail.Exception, match="model loaded though all is cached"):  # i.e. not from the cache
         measure.load_subject(SMOKE, 0, "dinov2-s", images=16, img_size=112)
     write_weights(weights, ["dinov2-s"], seed=0)
 

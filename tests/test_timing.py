@@ -1,5 +1,6 @@
 """Timing on a shared machine: models taking turns, and the benchmark's measurements at smoke scale."""
 
+import pytest
 import torch
 
 from regvit_lib import bench
@@ -32,3 +33,17 @@ def test_benchmark_parts_measure_what_they_say() -> None:
     assert timm["pairs"] == 2 and timm["ratio"] > 0 and timm["ours_img_per_s"] > 0
     cost = bench.analysis_cost(SMOKE.model, batch=8, pairs=2)
     assert cost["analysis_s"] > 0 and cost["plain_s"] > 0 and cost["ratio"] > 0
+
+
+def test_the_matmul_rate_and_the_step_fraction_run_on_a_cpu() -> None:
+    from regvit_lib.config import ModelConfig
+    from regvit_lib.model import build_model
+    from regvit_lib.timing import matmul_tflops, mfu
+
+    for dtype in (torch.float32, torch.bfloat16):
+        assert 0 < matmul_tflops("cpu", dtype, n=128, iters=2) < 1e3
+    cfg = ModelConfig(img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2, num_classes=3)
+    out = mfu(build_model(cfg).train(), 3 * 1e6, 4, 16, 3, iters=2, device="cpu", amp=False)
+    assert set(out) == {"img_per_s", "achieved_tflops", "matmul_tflops", "mfu"} and out["img_per_s"] > 0
+    assert out["mfu"] == pytest.approx(out["achieved_tflops"] / out["matmul_tflops"])
+    assert out["achieved_tflops"] == pytest.approx(out["img_per_s"] * 3e6 / 1e12)

@@ -161,11 +161,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "profile": prof.name, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
         "device": torch.cuda.get_device_name() if gpu else "cpu"}
-    if args.pretrained:
-        from .cache import code_version
-        from .emergence import git_commit
+    from .cache import code_version
+    from .emergence import git_commit
 
-        res |= {"commit": git_commit(), "code": code_version(("analysis.py", "model.py", "timm_interop.py", "bench.py"))}
+    res |= {"commit": git_commit(), "code": code_version(("analysis.py", "model.py", "timing.py", "bench.py"))}
+    if args.pretrained:
         res["pretrained"] = pretrained_cost(prof)
         return _report(res, args.out, f"bench-pretrained-{'gpu' if gpu else 'cpu'}.json")
     if args.step:

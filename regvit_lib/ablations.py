@@ -25,18 +25,19 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .analysis import OUTLIER_K, collect, detect_outliers, peak_layer
+from .analysis import OUTLIER_K, collect, detect_outliers, peak_layer, positive_control
 from .cache import cached
-from .config import Profile
+from .config import Profile, ScenesConfig
 from .data import normalize
 from .flops import count_flops
 from .measure import dense_table, load_subject, norm_report, object_discovery, sinks
 from .model import RegViT, build_model
 from .scenes import render_scenes
 from .timing import alternate, training_step
-from .train import TRAIN_CODE, train
+from .probes import probe_summary
+from .train import TRAIN_CODE, TrainedRun, train
 
-__all__ = ["REGISTER_COUNTS", "register_grid", "grid_summary", "register_throughput", "at_resolution",
+__all__ = ["REGISTER_COUNTS", "positive_control_report", "register_grid", "grid_summary", "register_throughput", "at_resolution",
            "resolution_study", "grid_texts"]
 
 REGISTER_COUNTS = (0, 1, 2, 4, 8, 16)  # the paper's Fig. 8
@@ -55,6 +56,28 @@ def _register_row(profile: Profile, registers: int, seed: int, images: int, k: f
             "corloc": float(object_discovery([s]).iloc[0]["corloc"]), "sink_mass": float(sink["sink_mass"]),
             "sink_on": str(sink["sink_on"]), "train_seconds": s.run.metrics["train_seconds"],
             "norm_map": detect_outliers(s.feats, s.layer, k).ratio[0].reshape(s.feats.grid, -1).tolist()}  # one image
+
+
+def positive_control_report(run: TrainedRun, data: ScenesConfig, images: int, layer: int,
+                            seed: int = 0) -> dict[str, Any]:
+    """The planted positive control on a trained run over the first ``images`` validation scenes of
+    ``data``, cached per run, scenes, block and seed (:func:`regvit_lib.analysis.positive_control`).
+
+    Returns:
+        ``natural_share`` (the rule's share of natural outliers at ``layer``), ``found_all``
+        (whether the rule finds exactly the planted tokens) and ``probes``: ``natural`` and
+        ``planted``, the probe records (:func:`regvit_lib.probes.probe_summary`) of each pass.
+    """
+    def compute() -> dict[str, Any]:
+        val = render_scenes(data, "val", np.arange(images))
+        natural, planted, positions = positive_control(run.model, val.image, val.label, layer)
+        found = {"natural": detect_outliers(natural, layer), "planted": detect_outliers(planted, layer)}
+        return {"natural_share": found["natural"].share,
+                "found_all": found["planted"].positions() == [sorted(p) for p in positions.tolist()],
+                "probes": {name: probe_summary(f, found[name], layer, seed)
+                           for name, f in (("natural", natural), ("planted", planted))}}
+    return cached("positive-control", dict(run=run.key, data=data, images=images, layer=layer, seed=seed), _GRID_CODE,
+                  compute)
 
 
 def register_grid(profile: Profile, counts: tuple[int, ...] = REGISTER_COUNTS, seeds: list[int] | None = None,

@@ -150,3 +150,18 @@ def test_builders_give_every_rule_its_keys(subjects) -> None:
         assert claims.verdict(claim, m)[0] in ("reproduced", "partly", "not at this scale")
     assert built["C7"]["with"] == {key: dense[1][key] for key in ("classification", "segmentation_miou", "depth_rmse")}
     assert built["A3"]["acc_by_count"] == {"0": 0.3, "1": 0.31, "4": 0.34} and built["A4"]["img_size"] == 16
+
+
+def test_chapter_4s_positive_control_is_measured_once(subjects, monkeypatch) -> None:
+    from regvit_lib import ablations
+
+    run = subjects[0].run
+    report = ablations.positive_control_report(run, SMOKE.data, 32, 1)
+    assert report["found_all"] is True and report["natural_share"] >= 0
+    assert report["probes"]["planted"]["pixel_l2_outlier"] > report["probes"]["planted"]["pixel_l2_normal"]
+    assert set(report["probes"]) == {"natural", "planted"}
+    monkeypatch.setattr(ablations, "positive_control", lambda *a, **k: pytest.fail("computed again"))
+    again = ablations.positive_control_report(run, SMOKE.data, 32, 1)
+    assert json.dumps(again, sort_keys=True) == json.dumps(report, sort_keys=True)  # NaN-safe equality
+    with pytest.raises(pytest.fail.Exception, match="computed again"):  # another block: another entry
+        ablations.positive_control_report(run, SMOKE.data, 32, 0)

@@ -41,9 +41,8 @@ from .summaries import sink_summary
 from .train import TrainedRun, train
 
 __all__ = ["PRETRAINED_BATCH", "Subject", "load_subject", "pretrained_set", "pretrained_subjects", "norm_report",
-           "share_per_layer", "layer_norms", "sinks", "dense_table",
-           "object_discovery", "register_maps", "photo_maps", "local_and_global", "neighbour_table", "planted", "size_ladder",
-           "size_sweep"]
+           "share_per_layer", "layer_norms", "sinks", "dense_table", "object_discovery", "register_maps", "photo_maps",
+           "local_and_global", "neighbour_table", "planted", "size_ladder", "size_sweep"]
 
 
 @dataclass
@@ -278,7 +277,8 @@ def local_and_global(subject: Subject, features: Features | None = None, k: floa
         return probe_summary(f, detect_outliers(f, subject.layer, k), subject.layer, seed)
     if features is not None:  # other features of the subject's model (the planted control): not cached
         return probe(features)
-    return _cached_probe(subject, "probe-local-global", lambda: probe(subject.feats), layer=subject.layer, k=k, seed=seed)
+    return _cached_probe(subject, "probe-local-global", lambda: probe(subject.feats), layer=subject.layer, k=k,
+                         seed=seed)
 
 
 def neighbour_table(subject: Subject, features: Features | None = None, k: float = OUTLIER_K) -> dict[str, Tensor]:

@@ -24,8 +24,8 @@ from torch import Tensor
 from .config import ModelConfig
 from .model import split_tokens
 
-__all__ = ["RATIO_BINS", "norm_ratio", "studied_block", "token_norms", "split_norms", "norm_summary", "received_attention",
-           "sink_summary"]
+__all__ = ["RATIO_BINS", "norm_ratio", "studied_block", "token_norms", "split_norms", "norm_summary",
+           "received_attention", "sink_summary"]
 
 # log2(norm / image median) histogram edges: 1/8x .. 64x in quarter octaves (Fig. 3, 4b).
 RATIO_BINS = np.arange(-3.0, 6.0 + 1e-9, 0.25)

@@ -47,3 +47,13 @@ def test_the_matmul_rate_and_the_step_fraction_run_on_a_cpu() -> None:
     assert set(out) == {"img_per_s", "achieved_tflops", "matmul_tflops", "mfu"} and out["img_per_s"] > 0
     assert out["mfu"] == pytest.approx(out["achieved_tflops"] / out["matmul_tflops"])
     assert out["achieved_tflops"] == pytest.approx(out["img_per_s"] * 3e6 / 1e12)
+
+
+def test_the_pretrained_cost_times_every_model_of_the_profile() -> None:
+    out = bench.pretrained_cost(SMOKE, rounds=1)
+    pset = SMOKE.pretrained
+    assert list(out["s_per_image"]) == list(dict.fromkeys((*pset.pair, *pset.others, *pset.sizes)))
+    assert all(t > 0 for t in out["s_per_image"].values())
+    photos = {n: 4 for n in (*pset.pair, *pset.others)}
+    assert out["added_build_s"] == pytest.approx(sum(t * (pset.images + photos.get(n, 0))
+                                                     for n, t in out["s_per_image"].items()))

@@ -1,5 +1,6 @@
 # The two commands of the README. Both install what they need first (.ci/setup).
-#   make book  -- execute every chapter in the default profile and render _build/html
+#   make book  -- train the default profile's runs (in parallel, with a progress bar), then execute
+#                 every chapter and render _build/html
 #   make test  -- type check, unit tests, every chapter under nbval (smoke), book build with -W
 SHELL := /bin/bash
 PY = $$(cat .regvit-python)
@@ -11,6 +12,7 @@ setup:
 	@bash .ci/setup
 
 book: setup
+	$(PY) -m regvit_lib.prepare
 	PATH="$(BIN):$$PATH" "$(BIN)/jupyter-book" build --all .
 
 test: setup

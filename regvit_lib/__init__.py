@@ -1,8 +1,9 @@
 """regvit_lib: the library under the regvit book (Vision Transformers Need Registers).
 
 Modules, in the order data flows through them: ``params`` (a chapter's parameters, checked) ->
-``config`` (every setting and the profiles) -> ``scenes`` / ``data`` -> ``model`` -> ``train`` (cached by ``cache``) ->
-``analysis`` / ``probes`` / ``measure`` / ``emergence`` / ``ablations`` -> ``claims`` / ``labels`` /
+``config`` (every setting of a run) / ``profiles`` (the book's scales) -> ``scenes`` / ``data`` ->
+``model`` -> ``train`` (cached by ``cache``; ``prepare`` trains a profile's runs before the chapters)
+-> ``analysis`` / ``probes`` / ``measure`` / ``emergence`` / ``ablations`` -> ``claims`` / ``labels`` /
 ``plots``. The README's "Architecture" section says what each one does.
 """
 
@@ -12,8 +13,9 @@ from ._compat import ensure_torchvision_importable
 ensure_torchvision_importable()
 
 from .cache import CacheCorruptError, cache_root  # noqa: E402
-from .config import (PROFILES, ConfigError, FractalConfig, ImageData, ModelConfig, Profile, RunConfig,  # noqa: E402
-                     ScenesConfig, TrainConfig, default_profile_name, get_profile, vit_config)
+from .config import (ConfigError, FractalConfig, ImageData, ModelConfig, RunConfig, ScenesConfig,  # noqa: E402
+                     TrainConfig, vit_config)
+from .profiles import PROFILES, Profile, default_profile_name, get_profile  # noqa: E402
 from .data import make_source, normalize  # noqa: E402
 from .model import RegViT, build_model, count_parameters, split_tokens  # noqa: E402
 from .params import chapter_params  # noqa: E402

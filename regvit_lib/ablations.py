@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 
 from .analysis import OUTLIER_K, collect, detect_outliers, peak_layer, positive_control
 from .cache import cached
-from .config import Profile, ScenesConfig
+from .config import RunConfig, ScenesConfig
+from .profiles import Profile
 from .data import normalize
 from .flops import count_flops
 from .measure import dense_table, load_subject, norm_report, object_discovery, sinks
@@ -37,10 +38,10 @@ from .timing import alternate, training_step
 from .probes import probe_summary
 from .train import TRAIN_CODE, TrainedRun, train
 
-__all__ = ["REGISTER_COUNTS", "positive_control_report", "register_grid", "grid_summary", "register_throughput",
+__all__ = ["REGISTER_COUNTS", "positive_control_report", "grid_runs", "register_grid", "grid_summary", "register_throughput",
            "at_resolution", "resolution_study", "grid_texts"]
 
-REGISTER_COUNTS = (0, 1, 2, 4, 8, 16)  # the paper's Fig. 8
+REGISTER_COUNTS = (0, 1, 2, 4, 8, 16)  # the paper's Fig. 8 (each profile's grid: Profile.register_counts)
 # The code a grid row depends on: the trained run's and the measurements'.
 _GRID_CODE = TRAIN_CODE + ("analysis.py", "probes.py", "measure.py", "flops.py", "ablations.py")
 
@@ -80,24 +81,36 @@ def positive_control_report(run: TrainedRun, data: ScenesConfig, images: int, la
                   compute)
 
 
-def register_grid(profile: Profile, counts: tuple[int, ...] = REGISTER_COUNTS, seeds: list[int] | None = None,
+def grid_runs(profile: Profile, counts: tuple[int, ...] | None = None,
+              seeds: list[int] | None = None) -> list[tuple[int, int, RunConfig]]:
+    """``(registers, seed, run)`` of every point of the register grid: the profile's run with each
+    count of ``counts`` (default its ``register_counts``) for each of ``seeds`` (default its seeds).
+
+    Raises:
+        ValueError: a count that is not an int >= 0.
+    """
+    counts = profile.register_counts if counts is None else counts
+    if bad := [c for c in counts if isinstance(c, bool) or not isinstance(c, int) or c < 0]:
+        raise ValueError(f"register counts must be ints >= 0, got {bad}")
+    seeds = list(profile.all_seeds) if seeds is None else list(seeds)
+    return [(c, s, profile.run(seed=s, num_registers=c)) for c in counts for s in seeds]
+
+
+def register_grid(profile: Profile, counts: tuple[int, ...] | None = None, seeds: list[int] | None = None,
                   images: int = 400, k: float = OUTLIER_K, progress: bool = True) -> pd.DataFrame:
-    """One row per (register count, seed): the artifact, the probes, FLOPs, parameters.
+    """One row per (register count, seed) of :func:`grid_runs`: the artifact, the probes, FLOPs, parameters.
 
     Args:
         profile: the book's profile (model, data, recipe).
-        counts: register counts (non-negative ints).
+        counts: register counts (non-negative ints; default the profile's ``register_counts``).
         seeds: training seeds (default: the profile's ``seeds`` seeds from its ``seed``).
         images: validation scenes measured per model.
         k: the outlier rule.
         progress: a progress bar over the runs (most of the time is training, on a first build).
     """
-    if bad := [c for c in counts if isinstance(c, bool) or not isinstance(c, int) or c < 0]:
-        raise ValueError(f"register counts must be ints >= 0, got {bad}")
-    seeds = list(range(profile.seed, profile.seed + profile.seeds)) if seeds is None else list(seeds)
-    jobs = tqdm([(c, s) for c in counts for s in seeds], desc="register grid", disable=not progress)
-    return pd.DataFrame([cached("register-grid", dict(run=profile.run(seed=s, num_registers=c), images=images, k=k),
-                                _GRID_CODE, lambda: _register_row(profile, c, s, images, k)) for c, s in jobs])
+    jobs = tqdm(grid_runs(profile, counts, seeds), desc="register grid", disable=not progress)
+    return pd.DataFrame([cached("register-grid", dict(run=run, images=images, k=k), _GRID_CODE,
+                                lambda: _register_row(profile, c, s, images, k)) for c, s, run in jobs])
 
 
 def grid_summary(grid: pd.DataFrame) -> pd.DataFrame:
@@ -108,15 +121,16 @@ def grid_summary(grid: pd.DataFrame) -> pd.DataFrame:
     return mean.join(numbers.std(ddof=1), rsuffix="_sd").assign(seeds=numbers.size(), flops_pct=flops_pct).reset_index()
 
 
-def register_throughput(profile: Profile, counts: tuple[int, ...] = REGISTER_COUNTS, rounds: int = 6,
+def register_throughput(profile: Profile, counts: tuple[int, ...] | None = None, rounds: int = 6,
                         batch: int | None = None, device: str | None = None) -> dict[str, Any]:
-    """Training images/s of the profile's model with each register count, taking turns.
+    """Training images/s of the profile's model with each register count (default: its grid's), taking turns.
 
     Each round times one training step of every model in turn (the order rotating by round);
     the median over rounds is kept. Cached per machine kind (device and thread count).
     """
     dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     b, cfg = batch or profile.train.batch_size, profile.model
+    counts = profile.register_counts if counts is None else counts
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
     config = {"model": cfg, "counts": list(counts), "rounds": rounds, "batch": b, "device": name}
 
@@ -150,31 +164,41 @@ def at_resolution(model: RegViT, img_size: int, antialias: bool = True) -> RegVi
 
 def resolution_study(profile: Profile, sizes: tuple[int, ...], images: int = 200, k: float = OUTLIER_K,
                      registers: int = 0) -> pd.DataFrame:
-    """The profile's model evaluated at other input sizes, position embedding resized with and
-    without antialiasing: per (size, antialias), the outlier share, max/median ratio, accuracy,
-    and ``stripe`` -- how much of the mean norm map's variation lies along rows or columns.
+    """The profile's model (every seed) evaluated at other input sizes, position embedding resized with
+    and without antialiasing: per (seed, size, antialias), the outlier share, max/median ratio,
+    accuracy, and ``stripe`` -- how much of the mean norm map's variation lies along rows or columns.
 
     ``stripe`` is the variance of the row means plus that of the column means over the variance
     of the whole map of mean per-position norm ratios (1 for perfect stripes, ~2/g for noise).
+    Cached per runs, scenes, sizes and rule.
     """
-    run = train(profile.run(num_registers=registers), progress=False)  # from the cache when trained before
-    idx = np.arange(min(images, profile.data.val_size))
+    runs = [profile.run(seed=seed, num_registers=registers) for seed in profile.all_seeds]
+    config = dict(runs=runs, data=profile.data, sizes=list(sizes), images=images, k=k)
+    return pd.DataFrame(cached("resolution-study", config, _GRID_CODE, lambda: {"rows": _resolution_rows(
+        runs, profile.data, sizes, images, k)})["rows"])
+
+
+def _resolution_rows(runs: list[RunConfig], data: ScenesConfig, sizes: tuple[int, ...], images: int,
+                     k: float) -> list[dict[str, Any]]:
+    idx = np.arange(min(images, data.val_size))
     rows = []
-    for size in sizes:
-        scenes = render_scenes(replace(profile.data, img_size=size), "val", idx)
-        for aa in (True, False):
-            m = at_resolution(run.model, size, antialias=aa)
-            feats = collect(m, scenes.image, scenes.label, attn=False)
-            layer, g = peak_layer(feats), m.cfg.grid_size
-            out = detect_outliers(feats, layer, k)
-            mean_map = out.ratio.mean(0).reshape(g, g)
-            stripe = float(mean_map.mean(0).var() + mean_map.mean(1).var()) / (float(mean_map.var()) or 1e-12)
-            with torch.no_grad():
-                acc = float((m(normalize(scenes.image)).argmax(-1) == scenes.label).float().mean())
-            rows.append({"img_size": size, "grid": g, "antialias": aa, "layer": layer, "share": out.share,
-                         "ratio_mean": float(out.ratio.amax(-1).mean()), "stripe": stripe, "accuracy": acc,
-                         "mean_map": mean_map.tolist()})
-    return pd.DataFrame(rows)
+    for run_config in runs:
+        run, seed = train(run_config, progress=False), run_config.seed  # from the cache when trained before
+        for size in sizes:
+            scenes = render_scenes(replace(data, img_size=size), "val", idx)
+            for aa in (True, False):
+                m = at_resolution(run.model, size, antialias=aa)
+                feats = collect(m, scenes.image, scenes.label, attn=False)
+                layer, g = peak_layer(feats), m.cfg.grid_size
+                out = detect_outliers(feats, layer, k)
+                mean_map = out.ratio.mean(0).reshape(g, g)
+                stripe = float(mean_map.mean(0).var() + mean_map.mean(1).var()) / (float(mean_map.var()) or 1e-12)
+                with torch.no_grad():
+                    acc = float((m(normalize(scenes.image)).argmax(-1) == scenes.label).float().mean())
+                rows.append({"seed": seed, "img_size": size, "grid": g, "antialias": aa, "layer": layer,
+                             "share": out.share, "ratio_mean": float(out.ratio.amax(-1).mean()), "stripe": stripe,
+                             "accuracy": acc, "mean_map": mean_map.tolist()})
+    return rows
 
 
 def grid_texts(summary: pd.DataFrame, speed: dict[str, Any]) -> dict[str, str]:
@@ -182,8 +206,9 @@ def grid_texts(summary: pd.DataFrame, speed: dict[str, Any]) -> dict[str, str]:
     def best(col: str, lowest: bool = False) -> str:
         return str(int(summary.loc[summary[col].idxmin() if lowest else summary[col].idxmax(), "registers"]))
 
-    def joined(col: str, fmt: str, scale: float = 1.0) -> str:
-        return ", ".join(format(scale * v, fmt) for v in summary[col])
+    def joined(col: str, fmt: str, scale: float = 1.0) -> str:  # mean (± sd over seeds) per count
+        return ", ".join(format(scale * v, fmt) + ("" if n < 2 else f" ± {format(scale * sd, fmt)}")
+                         for v, sd, n in zip(summary[col], summary[f"{col}_sd"], summary["seeds"]))
 
     return {"abl_seeds": str(int(summary["seeds"].min())), "abl_shares": joined("share", ".2f", 100.0),
             "abl_ratios": joined("ratio_mean", ".2f"), "abl_sinks": joined("sink_mass", ".2f"),

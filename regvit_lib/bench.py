@@ -22,14 +22,23 @@ Not a test: it times things and writes what it measured.
 7. **On a GPU only**: the card's measured bf16 matmul rate, and the model FLOPs utilisation
    (MFU) of a ViT-S/16 at 224 px trained in bf16 (compiled): counted training FLOPs per image
    (3x the forward) times images per second, over that rate.
+8. **The book** (``--build CHECKOUT``, alone): ``make book`` in a checkout (a fresh clone: its
+   installs are then part of the cold time) with an empty cache, step by step as the Makefile runs
+   them -- the install check, :mod:`regvit_lib.prepare` (training), ``jupyter-book build`` with
+   each chapter's execution time as myst-nb reports it -- then the same again with the cache warm;
+   with ``--busy``, the cold build runs beside one other CPU-bound process (a laptop that is doing
+   something else). Also the training step against the matmul rate (5).
 """
 
 import argparse
 import itertools
 import json
+import os
 import platform
 import statistics
+import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from collections.abc import Callable
@@ -39,7 +48,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import ModelConfig, Profile, ScenesConfig, get_profile, vit_config
+from .config import ModelConfig, ScenesConfig, vit_config
+from .profiles import Profile, get_profile
 from .data import normalize
 from .flops import count_flops
 from .model import build_model
@@ -47,7 +57,7 @@ from .scenes import render_scenes
 from .timing import alternate, mfu, training_step
 
 __all__ = ["generator_rate", "compare_with_timm", "data_share", "analysis_cost", "step_vs_matmul", "pretrained_cost",
-           "main"]
+           "chapter_times", "build_times", "main"]
 
 
 def _render(cfg: ScenesConfig, batch: int) -> Callable[[], object]:
@@ -116,11 +126,23 @@ def analysis_cost(cfg: ModelConfig, batch: int, pairs: int = 20) -> dict[str, fl
 
 def step_vs_matmul(profile: Profile, iters: int = 10) -> dict[str, dict[str, float]]:
     """The profile's training step (its model and batch) as a fraction of the machine's matmul
-    rate in the same precision: fp32, and bf16 autocast."""
+    rate in the same precision and threads: fp32 and bf16 autocast with every thread, and (on a
+    CPU) fp32 with one thread, as each of :mod:`regvit_lib.prepare`'s workers trains."""
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     cfg, flops = profile.model, 3 * count_flops(profile.model)
-    return {name: mfu(build_model(cfg, device=dev).train(), flops, profile.train.batch_size, cfg.img_size,
-                      cfg.num_classes, iters, dev, amp) for name, amp in (("fp32", False), ("bf16_autocast", True))}
+
+    def measure(amp: bool) -> dict[str, float]:
+        return mfu(build_model(cfg, device=dev).train(), flops, profile.train.batch_size, cfg.img_size,
+                   cfg.num_classes, iters, dev, amp) | {"threads": torch.get_num_threads()}
+
+    out = {name: measure(amp) for name, amp in (("fp32", False), ("bf16_autocast", True))}
+    if dev == "cpu" and (threads := torch.get_num_threads()) > 1:
+        torch.set_num_threads(1)
+        try:
+            out["fp32_1thread"] = measure(False)
+        finally:
+            torch.set_num_threads(threads)
+    return out
 
 
 def pretrained_cost(profile: Profile, rounds: int = 2) -> dict[str, Any]:
@@ -148,12 +170,53 @@ def pretrained_cost(profile: Profile, rounds: int = 2) -> dict[str, Any]:
             "added_build_s": sum(t * (pset.images + photos.get(n, 0)) for n, t in per_image.items())}
 
 
+def _timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
+    """Run ``cmd``; its wall time and its output (stdout and stderr). Raises when it fails, with its output's tail."""
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return time.perf_counter() - t, proc.stdout + proc.stderr
+
+
+def chapter_times(log: str) -> dict[str, float]:
+    """Each chapter's execution time, in seconds, from a ``jupyter-book build`` log (myst-nb's
+    "<path>: Executed notebook in <s> seconds" lines), by the notebook's file name."""
+    import re
+
+    return {Path(m[1]).stem: float(m[2]) for m in re.finditer(r"(\S+?): Executed notebook in ([\d.]+) seconds", log)}
+
+
+def build_times(checkout: Path, cache: Path, profile: str, busy: bool = False) -> dict[str, Any]:
+    """Seconds of each step of ``make book`` in ``checkout`` at ``profile`` with the cache folder ``cache``: ``setup``
+    (installs), ``prepare`` (training), ``book`` (``jupyter-book build``, and ``chapters``: each
+    one's execution as myst-nb reports it) and the ``total``; with ``busy``, beside one other
+    CPU-bound process."""
+    env = {**os.environ, "REGVIT_CACHE": str(cache), "REGVIT_PROGRESS": "0", "REGVIT_PROFILE": profile}
+    env.pop("VIRTUAL_ENV", None)  # the checkout's own environment, as `make book` picks it
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+    try:
+        setup_s, _ = _timed(["make", "setup"], checkout, env)
+        py = (checkout / ".regvit-python").read_text().strip()
+        env["PATH"] = f"{Path(py).parent}:{env['PATH']}"
+        prepare_s, _ = _timed([py, "-m", "regvit_lib.prepare"], checkout, env)
+        book_s, log = _timed([str(Path(py).parent / "jupyter-book"), "build", "--all", "."], checkout, env)
+    finally:
+        if hog is not None:
+            hog.kill()
+    return {"setup_s": setup_s, "prepare_s": prepare_s, "book_s": book_s, "chapters_s": chapter_times(log),
+            "total_s": setup_s + prepare_s + book_s, "beside_one_cpu_job": busy}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default="cpu", help="whose model and batch size to time (default cpu)")
     ap.add_argument("--out", default=None, help="folder for bench-<device>.json (default: print only)")
     ap.add_argument("--pretrained", action="store_true", help="time only the profile's pretrained models")
     ap.add_argument("--step", action="store_true", help="time only the training step against the matmul rate")
+    ap.add_argument("--build", metavar="CHECKOUT", default=None,
+                    help="time `make book` in this checkout (a fresh clone), cold (empty cache) then warm")
+    ap.add_argument("--busy", action="store_true", help="with --build: the cold build beside one CPU-bound process")
     args = ap.parse_args(argv)
     prof = get_profile(args.profile)
     gpu = torch.cuda.is_available()
@@ -172,6 +235,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.step:
         res["step_vs_matmul"] = step_vs_matmul(prof)
         return _report(res, args.out, f"bench-step-{'gpu' if gpu else 'cpu'}.json")
+    if args.build:
+        import tempfile
+
+        res["cpu_cores"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        res["step_vs_matmul"] = step_vs_matmul(prof)
+        with tempfile.TemporaryDirectory() as cache:  # empty: a first build
+            res["cold"] = build_times(Path(args.build), Path(cache), prof.name, args.busy)
+            res["warm"] = build_times(Path(args.build), Path(cache), prof.name)
+        busy = "-busy" if args.busy else ""
+        return _report(res, args.out, f"bench-build-{prof.name}{busy}-{'gpu' if gpu else 'cpu'}.json")
     res["generator_img_per_s_1thread"] = {str(s): generator_rate(s) for s in (32, 64)}
     batch = min(prof.train.batch_size, 128)
     res["timm"] = {str(r): compare_with_timm(replace(prof.model, num_registers=r), batch) for r in (0, 4)}

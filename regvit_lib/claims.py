@@ -16,8 +16,13 @@ A claim's entry: ``claim`` (the paper's words, paraphrased), ``paper`` (its numb
 The rules are deliberately simple and printed beside every verdict. "not at this scale" is the
 verdict whenever our models do not show what the claim is about (for C2-C6, when there are no
 outliers to describe or remove) or show the opposite: it never says that the paper is wrong,
-only that this scale does not support the claim. Single training seeds: differences smaller
-than the margins below are not counted as effects.
+only that this scale does not support the claim.
+
+**Seeds.** Every measured number is a list with one value per training seed (a single number
+counts as one seed: a pretrained model). A rule compares means, and counts a difference only when
+it exceeds both its margin (:data:`TIE`) and the seeds' spread: the sum of the two standard
+deviations (:func:`above`). A claims entry states each number it read as mean +- sd and the
+number of seeds (``evidence``, ``seeds``), so no verdict is shown without its spread.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from typing import Any
 
 from .cache import atomic_write, cache_root
 
-__all__ = ["CLAIMS", "PAPER", "MIN_SHARE", "TIE", "NEEDS", "verdict", "record", "record_all", "claims_path",
+__all__ = ["CLAIMS", "PAPER", "MIN_SHARE", "TIE", "NEEDS", "spread", "above", "pm", "evidence", "per_seed", "verdict", "record", "record_all", "claims_path",
            "load_claims", "table", "high_norm_claims", "register_claims", "ablation_claims", "resolution_claim",
            "headline"]
 
@@ -57,12 +62,42 @@ NEEDS: dict[str, tuple[str, ...]] = {
 
 
 _NONE = "not at this scale"
+Values = float | list[float]  # one number per seed (a bare number: one seed)
 
 
-def _outliers(share: float | None) -> str:
-    if share is None or not math.isfinite(share) or share <= 0:
+def spread(values: Values) -> tuple[float, float, int]:
+    """Mean, standard deviation over seeds (0 for one seed) and number of seeds of a measured value.
+
+    NaN entries (a measurement that had nothing to measure) are left out."""
+    vals = [float(v) for v in (values if isinstance(values, (list, tuple)) else [values]) if v is not None]
+    vals = [v for v in vals if math.isfinite(v)]
+    if not vals:
+        return math.nan, 0.0, 0
+    mean = sum(vals) / len(vals)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    return mean, sd, len(vals)
+
+
+def above(a: Values, b: Values, margin: float = 0.0) -> bool:
+    """Whether ``a`` is larger than ``b`` by more than ``margin`` *and* more than the seeds' spread
+    (the sum of the two standard deviations). With one seed each, the spread is 0."""
+    (ma, sa, _), (mb, sb, _) = spread(a), spread(b)
+    return ma - mb > max(margin, sa + sb)
+
+
+def pm(values: Values, fmt: str = ".3f", scale: float = 1.0) -> str:
+    """``mean +- sd`` of a measured value as text (just the number for one seed)."""
+    mean, sd, n = spread(values)
+    return format(scale * mean, fmt) + (f" ± {format(scale * sd, fmt)}" if n > 1 else "")
+
+
+def _outliers(share: Values) -> str:
+    """``none`` when the share is not above zero by more than its spread, ``many`` when it stays at or
+    above :data:`MIN_SHARE` after subtracting its spread, else ``few``."""
+    mean, sd, n = spread(share)
+    if n == 0 or mean <= sd or mean <= 0:
         return "none"
-    return "many" if share >= MIN_SHARE else "few"
+    return "many" if mean - sd >= MIN_SHARE else "few"
 
 
 def _grade(*ok: bool) -> str:
@@ -70,64 +105,99 @@ def _grade(*ok: bool) -> str:
     return "reproduced" if all(ok) else "partly" if any(ok) else _NONE
 
 
-def _cut(before: float, after: float) -> str:
-    """Registers cut the outlier share to a quarter or less: ``reproduced``; cut it at all: ``partly``."""
-    return "reproduced" if after <= 0.25 * before else "partly" if after < before else _NONE
+def _cut(before: Values, after: Values) -> str:
+    """Registers cut the outlier share (beyond the spread) to a quarter or less: ``reproduced``; cut it at all: ``partly``."""
+    if not above(before, after):
+        return _NONE
+    return "reproduced" if spread(after)[0] <= 0.25 * spread(before)[0] else "partly"
 
 
-def _interior(by_count: dict[str, float], sign: float) -> bool:
-    """The best value (after ``sign``: larger is better) is at an intermediate count and beats both ends."""
-    vals = [sign * v for v in by_count.values()]
-    best = max(range(len(vals)), key=vals.__getitem__)
-    return 0 < best < len(vals) - 1 and vals[best] > max(vals[0], vals[-1]) + TIE * abs(vals[best])
+def _interior(by_count: dict[str, Values], sign: float) -> bool:
+    """The best mean (after ``sign``: larger is better) is at an intermediate count and beats both ends
+    by more than the margin and the spread."""
+    vals = [[sign * v for v in (x if isinstance(x, (list, tuple)) else [x])] for x in by_count.values()]
+    means = [spread(v)[0] for v in vals]
+    best = max(range(len(vals)), key=means.__getitem__)
+    margin = TIE * abs(means[best])
+    return 0 < best < len(vals) - 1 and above(vals[best], vals[0], margin) and above(vals[best], vals[-1], margin)
 
 
-def _dense(w: dict[str, float], r: dict[str, float]) -> str:
+def _dense(w: dict[str, Values], r: dict[str, Values]) -> str:
     """C7: without a classification loss, graded by the two dense gains; with one, not at this scale."""
-    gains = (r["segmentation_miou"] > w["segmentation_miou"] + TIE, r["depth_rmse"] < w["depth_rmse"] * (1 - TIE))
-    return _grade(*gains) if r["classification"] >= w["classification"] - TIE else _NONE
+    rmse_margin = TIE * spread(w["depth_rmse"])[0]
+    gains = (above(r["segmentation_miou"], w["segmentation_miou"], TIE),
+             above(w["depth_rmse"], r["depth_rmse"], rmse_margin))
+    return _NONE if above(w["classification"], r["classification"], TIE) else _grade(*gains)
 
 
-def _rise(acc: list[float]) -> str:
+def _rise(acc: list[Values]) -> str:
     """A3: the accuracy rises from the first count to the last (partly), and never drops on the way (reproduced)."""
-    rise = acc[-1] > acc[0] + TIE
-    steady = all(b >= a - TIE for a, b in zip(acc, acc[1:]))
+    rise = above(acc[-1], acc[0], TIE)
+    steady = not any(above(a, b, TIE) for a, b in zip(acc, acc[1:]))
     return "reproduced" if rise and steady else "partly" if rise else _NONE
 
 
+def _position(layers: Values, depth: int) -> float:
+    """Mean relative depth of the studied block over seeds: 0 = first block, 1 = last."""
+    return spread([v / max(depth - 1, 1) for v in (layers if isinstance(layers, (list, tuple)) else [layers])])[0]
+
+
 # Per claim: the rule, printed beside the verdict, and the verdict it gives on the measured dictionary.
+_SPREAD = "; a difference counts only beyond the seeds' spread (sum of the two sd)"
 _RULES: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
-    "C1": (f"reproduced: >= {100 * MIN_SHARE:g} % of patch tokens above k x their image's median; "
-           "partly: some, fewer; else not at this scale",
+    "C1": (f"reproduced: >= {100 * MIN_SHARE:g} % of patch tokens above k x their image's median (mean - sd); "
+           "partly: some, fewer (mean > sd); else not at this scale",
            lambda m: {"many": "reproduced", "few": "partly", "none": _NONE}[_outliers(m["share"])]),
-    "C2": ("reproduced: the outlier share peaks in the middle third of the blocks; else partly",
-           lambda m: "reproduced" if 1 / 3 <= m["layer"] / max(m["depth"] - 1, 1) <= 2 / 3 else "partly"),
+    "C2": ("reproduced: the outlier share peaks in the middle third of the blocks (mean over seeds); else partly",
+           lambda m: "reproduced" if 1 / 3 <= _position(m["layer"], m["depth"]) <= 2 / 3 else "partly"),
     "C3": ("the largest tokens lie on background more often than the base rate, and their patches "
-           "are more similar to their neighbours than average: both = reproduced, one = partly",
-           lambda m: _grade(m["top_on_background"] > m["background_patches"],
-                            m["top_similarity"] > m["all_similarity"])),
-    "C4": ("outliers: lower position accuracy and higher pixel error than normal tokens; both = reproduced",
-           lambda m: _grade(m["position_top1_outlier"] < m["position_top1_normal"] - TIE,
-                            m["pixel_l2_outlier"] > m["pixel_l2_normal"])),
-    "C5": (f"reproduced: one outlier token classifies better than one normal token (by > {TIE})",
-           lambda m: _grade(m["class_outlier"] > m["class_normal"] + TIE)),
-    "C6": ("reproduced: outliers without registers, and registers cut their share to a quarter or less",
-           lambda m: _cut(m["share_without"], m["share_with"] or 0.0)),
-    "C7": (f"no classification loss (> -{TIE}), mIoU up (> +{TIE}), depth RMSE down (> {100 * TIE:g} %): "
-           "all three = reproduced; no loss and one dense gain = partly", lambda m: _dense(m["without"], m["with"])),
-    "C8": (f"reproduced: CorLoc with registers higher by > {TIE}", lambda m: _grade(m["with"] > m["without"] + TIE)),
-    "A1": ("reproduced: 1 register cuts the outlier share to a quarter or less of 0 registers'",
-           lambda m: _cut(m["share_by_count"]["0"], m["share_by_count"]["1"])),
+           "are more similar to their neighbours than average: both = reproduced, one = partly" + _SPREAD,
+           lambda m: _grade(above(m["top_on_background"], m["background_patches"]),
+                            above(m["top_similarity"], m["all_similarity"]))),
+    "C4": (f"outliers: position accuracy lower by > {TIE} and pixel error higher than normal tokens; "
+           "both = reproduced" + _SPREAD,
+           lambda m: _grade(above(m["position_top1_normal"], m["position_top1_outlier"], TIE),
+                            above(m["pixel_l2_outlier"], m["pixel_l2_normal"]))),
+    "C5": (f"reproduced: one outlier token classifies better than one normal token (by > {TIE})" + _SPREAD,
+           lambda m: _grade(above(m["class_outlier"], m["class_normal"], TIE))),
+    "C6": ("reproduced: outliers without registers, and registers cut their share to a quarter or less; "
+           "partly: cut at all" + _SPREAD, lambda m: _cut(m["share_without"], m["share_with"])),
+    "C7": (f"no classification loss (> {TIE}), mIoU up (> {TIE}), depth RMSE down (> {100 * TIE:g} %): "
+           "all three = reproduced; no loss and one dense gain = partly" + _SPREAD,
+           lambda m: _dense(m["without"], m["with"])),
+    "C8": (f"reproduced: CorLoc with registers higher by > {TIE}" + _SPREAD,
+           lambda m: _grade(above(m["with"], m["without"], TIE))),
+    "A1": ("reproduced: 1 register cuts the outlier share to a quarter or less of 0 registers'; partly: cuts it"
+           + _SPREAD, lambda m: _cut(m["share_by_count"]["0"], m["share_by_count"]["1"])),
     "A2": (f"the best mIoU / depth RMSE is at an intermediate register count, better than both ends "
-           f"by > {100 * TIE:g} %: both = reproduced, one = partly",
+           f"by > {100 * TIE:g} %: both = reproduced, one = partly" + _SPREAD,
            lambda m: _grade(_interior(m["miou_by_count"], 1.0), _interior(m["rmse_by_count"], -1.0))),
     "A3": (f"reproduced: accuracy with the most registers beats 0 registers by > {TIE} and never drops "
-           f"by > {TIE} from one count to the next; partly: the first only",
+           f"by > {TIE} from one count to the next; partly: the first only" + _SPREAD,
            lambda m: _rise(list(m["acc_by_count"].values()))),
     "A4": ("reproduced: without antialiasing more outlier tokens and a more striped mean norm map "
-           "than with it, at the downsampled resolution",
-           lambda m: _grade(m["share_no_aa"] > m["share_aa"] and m["stripe_no_aa"] > m["stripe_aa"])),
+           "than with it, at the downsampled resolution" + _SPREAD,
+           lambda m: _grade(above(m["share_no_aa"], m["share_aa"]) and above(m["stripe_no_aa"], m["stripe_aa"]))),
 }
+
+
+def _flat(m: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Values]:
+    """The measured values under ``keys``, nested dictionaries flattened (``with.segmentation_miou``)."""
+    out: dict[str, Values] = {}
+    for key in keys:
+        value = m[key]
+        if isinstance(value, dict):
+            out |= {f"{key}.{k}": v for k, v in value.items()}
+        else:
+            out[key] = value
+    return out
+
+
+def evidence(claim: str, m: dict[str, Any]) -> tuple[str, int]:
+    """The numbers a claim's rule reads, each as mean +- sd, and the (largest) number of seeds behind them."""
+    flat = _flat(m, tuple(k for k in NEEDS[claim] if k in m))
+    seeds = max((spread(v)[2] for v in flat.values()), default=0)
+    return "; ".join(f"{k} {pm(v, '.4g')}" for k, v in flat.items()), seeds
 
 
 def verdict(claim: str, m: dict[str, Any]) -> tuple[str, str]:
@@ -190,8 +260,9 @@ def record(profile: str, claim: str, measured: dict[str, Any], scale: str, model
         The entry written.
     """
     v, rule = verdict(claim, measured)
+    text, seeds = evidence(claim, measured)
     entry = {"claim": CLAIMS[claim], "paper": PAPER.get(claim), "measured": _clean(measured), "verdict": v,
-             "rule": rule, "scale": scale, "model": model, "chapter": chapter}
+             "evidence": text, "seeds": seeds, "rule": rule, "scale": scale, "model": model, "chapter": chapter}
     doc = {**load_claims(profile, root), claim: entry}
     text = json.dumps(dict(sorted(doc.items())), indent=1) + "\n"
     atomic_write(claims_path(profile, root), lambda f: f.write(text.encode()))
@@ -205,42 +276,66 @@ def record_all(profile: str, measured: dict[str, dict[str, Any]], scale: str, mo
 
 
 def table(doc: dict[str, Any]) -> Any:
-    """A claims document as a table (a pandas DataFrame): ``id``, ``claim``, ``verdict``, ``scale``, ``rule``."""
+    """A claims document as a table (a pandas DataFrame): ``id``, ``claim``, ``verdict``, ``seeds``,
+    ``evidence`` (the numbers the rule read, mean +- sd), ``scale``, ``rule``."""
     import pandas as pd
 
-    return pd.DataFrame([{"id": k, "claim": e["claim"], "verdict": e["verdict"], "scale": e["scale"],
-                          "rule": e["rule"]} for k, e in sorted(doc.items())])
+    return pd.DataFrame([{"id": k, "claim": e["claim"], "verdict": e["verdict"], "seeds": e.get("seeds"),
+                          "evidence": e.get("evidence"), "scale": e["scale"], "rule": e["rule"]}
+                         for k, e in sorted(doc.items())])
 
 
-def high_norm_claims(report: dict[str, Any], probes: dict[str, float], depth: int, sizes: list[dict[str, Any]],
-                     k: float) -> dict[str, dict[str, Any]]:
-    """C1-C5 (chapter 2) from the norm report, the probe record, the depth and the size sweep of one model."""
-    m = {key: report[key] for key in ("share", "norm_ratio", "ratio_mean", "ratio_max", "layer")}
+def _per_seed(records: list[dict[str, Any]], key: str) -> list[float]:
+    return [float(r[key]) for r in records]
+
+
+def per_seed(records: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """One model's records, one per seed, as ``{key: [value per seed]}`` (the numeric keys of the first)."""
+    return {key: _per_seed(records, key) for key, v in records[0].items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def high_norm_claims(reports: list[dict[str, Any]], probes: list[dict[str, float]], depth: int,
+                     sizes: list[dict[str, Any]], k: float) -> dict[str, dict[str, Any]]:
+    """C1-C5 (chapter 2) from one model's norm reports and probe records, one per seed, its depth
+    and the size sweep (Fig. 4c, recorded beside C2)."""
+    m: dict[str, Any] = {key: _per_seed(reports, key) for key in ("share", "norm_ratio", "ratio_mean", "ratio_max",
+                                                                   "layer")}
     m.update(depth=depth, k=k)
-    place = {key: report[key] for key in NEEDS["C3"][1:]}
+    place = {key: _per_seed(reports, key) for key in NEEDS["C3"][1:]}
     sizes_m = {"size_shares": [r["share"] for r in sizes], "size_params": [r["params"] for r in sizes]}
-    return {"C1": m, "C2": {**m, **sizes_m},
-            "C3": {**m, **place}, "C4": {"share": m["share"], **{key: probes[key] for key in NEEDS["C4"][1:]}},
-            "C5": {"share": m["share"], **{key: probes[key] for key in ("class_normal", "class_outlier", "class_cls")}}}
+    return {"C1": m, "C2": {**m, **sizes_m}, "C3": {**m, **place},
+            "C4": {"share": m["share"], **{key: _per_seed(probes, key) for key in NEEDS["C4"][1:]}},
+            "C5": {"share": m["share"], **{key: _per_seed(probes, key) for key in ("class_normal", "class_outlier",
+                                                                                  "class_cls")}}}
 
 
-def register_claims(reports: list[dict[str, Any]], last_sinks: list[dict[str, Any]], dense: list[dict[str, Any]],
-                    corloc: list[float]) -> dict[str, dict[str, Any]]:
-    """C6-C8 (chapter 3) from two models, without and with registers: their norm reports, last-block
-    sinks, dense-probe records and LOST CorLoc."""
-    (r0, r1), (s0, s1), (d0, d1) = reports, last_sinks, dense
+def register_claims(reports: dict[str, list[dict[str, Any]]], last_sinks: dict[str, list[dict[str, Any]]],
+                    dense: list[dict[str, Any]], lost: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """C6-C8 (chapter 3) from two models, without then with registers (the keys of ``reports``, in
+    that order), each over its seeds: norm reports and last-block sinks (model -> one per seed),
+    and the dense-probe and LOST records (rows with a ``model`` key, one per model and seed)."""
+    names = list(reports)
+    r0, r1 = (reports[n] for n in names)
+    s0, s1 = (last_sinks[n] for n in names)
+    rows = {n: {"dense": [d for d in dense if d["model"] == n], "lost": [d for d in lost if d["model"] == n]}
+            for n in names}
     dense_keys = ("classification", "segmentation_miou", "depth_rmse")
-    return {"C6": {"share_without": r0["share"], "share_with": r1["share"], "ratio_without": r0["ratio_mean"],
-                   "ratio_with": r1["ratio_mean"], "sink_without": float(s0["sink_mass"]),
-                   "sink_with": float(s1["sink_mass"]), "sink_with_on": str(s1["sink_on"])},
-            "C7": {name: {key: float(d[key]) for key in dense_keys} for name, d in (("without", d0), ("with", d1))},
-            "C8": {"without": float(corloc[0]), "with": float(corloc[1])}}
+    return {"C6": {"share_without": _per_seed(r0, "share"), "share_with": _per_seed(r1, "share"),
+                   "ratio_without": _per_seed(r0, "ratio_mean"), "ratio_with": _per_seed(r1, "ratio_mean"),
+                   "sink_without": _per_seed(s0, "sink_mass"), "sink_with": _per_seed(s1, "sink_mass"),
+                   "sink_with_on": [str(s["sink_on"]) for s in s1]},
+            "C7": {side: {key: _per_seed(rows[n]["dense"], key) for key in dense_keys}
+                   for side, n in zip(("without", "with"), names)},
+            "C8": {side: _per_seed(rows[n]["lost"], "corloc") for side, n in zip(("without", "with"), names)}}
 
 
-def ablation_claims(summary: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """A1-A3 (chapter 4) from the register grid's summary, one record per register count."""
-    def by_count(col: str) -> dict[str, float]:
-        return {str(int(r["registers"])): float(r[col]) for r in summary}
+def ablation_claims(grid: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A1-A3 (chapter 4) from the register grid's rows, one per (register count, seed)."""
+    counts = sorted({int(r["registers"]) for r in grid})
+
+    def by_count(col: str) -> dict[str, list[float]]:
+        return {str(c): [float(r[col]) for r in grid if int(r["registers"]) == c] for c in counts}
 
     return {"A1": {"share_by_count": by_count("share"), "ratio_by_count": by_count("ratio_mean"),
                    "sink_by_count": by_count("sink_mass")},
@@ -249,20 +344,23 @@ def ablation_claims(summary: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def resolution_claim(rows: list[dict[str, Any]], trained_at: int) -> dict[str, dict[str, Any]]:
-    """A4 (chapter 4) from the resolution study's records, read at its smallest image size."""
+    """A4 (chapter 4) from the resolution study's records (one per seed, size and antialiasing), read
+    at its smallest image size."""
     size = min(r["img_size"] for r in rows)
-    at = {r["antialias"]: r for r in rows if r["img_size"] == size}
+    at = {aa: [r for r in rows if r["img_size"] == size and r["antialias"] == aa] for aa in (True, False)}
     return {"A4": {"img_size": int(size), "trained_at": trained_at,
-                   **{f"{key}_{'aa' if aa else 'no_aa'}": float(at[aa][key])
+                   **{f"{key}_{'aa' if aa else 'no_aa'}": _per_seed(at[aa], key)
                       for key in ("share", "stripe", "accuracy") for aa in (True, False)}}}
 
 
-def headline(report: dict[str, Any], k: float) -> str:
-    """Chapter 2's opening sentence on one model's norms, by the C1 rule's threshold."""
-    share = 100 * report["share"]
-    if report["share"] >= MIN_SHARE:
-        return (f"This model has high-norm outliers: {share:.2f} % of its patch tokens are above {k:g} x their "
-                "image's median norm.")
-    return (f"This model shows no high-norm outliers at this scale: {share:.2f} % of its patch tokens pass {k:g} x "
-            f"their image's median norm (the claims rule asks for at least {100 * MIN_SHARE:g} %), and the largest "
-            f"token of an image is on average {report['ratio_mean']:.2f} x the median (the paper's are about 10 x).")
+def headline(reports: list[dict[str, Any]], k: float) -> str:
+    """Chapter 2's opening sentence on one model's norms (one report per seed), by the C1 rule."""
+    shares, ratios = _per_seed(reports, "share"), _per_seed(reports, "ratio_mean")
+    seeds = f" (mean ± sd over {len(reports)} seeds)" if len(reports) > 1 else ""
+    if _outliers(shares) == "many":
+        return (f"This model has high-norm outliers: {pm(shares, '.2f', 100)} % of its patch tokens are above {k:g} x "
+                f"their image's median norm{seeds}.")
+    return (f"This model shows no high-norm outliers at this scale: {pm(shares, '.2f', 100)} % of its patch tokens "
+            f"pass {k:g} x their image's median norm (the claims rule asks for at least {100 * MIN_SHARE:g} %), and "
+            f"the largest token of an image is on average {pm(ratios, '.2f')} x the median{seeds} (the paper's are "
+            "about 10 x).")

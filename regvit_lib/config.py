@@ -1,8 +1,7 @@
-"""Every setting on one page: :class:`ModelConfig` (and the named sizes of :func:`vit_config`), the
-data sets (:class:`ScenesConfig`, :class:`FractalConfig`, :class:`ImageData`), the recipe
-(:class:`TrainConfig`), a whole run (:class:`RunConfig`: the key of a trained run in the cache) and
-the pretrained models studied beside ours (:data:`PRETRAINED`, :class:`PretrainedSet`) and the
-book's scales (:data:`PROFILES`; the README says what each costs, measured).
+"""Every setting of a run on one page: :class:`ModelConfig` (and the named sizes of :func:`vit_config`),
+the data sets (:class:`ScenesConfig`, :class:`FractalConfig`, :class:`ImageData`), the recipe
+(:class:`TrainConfig`) and a whole run (:class:`RunConfig`: the key of a trained run in the cache).
+The book's scales, built from them, are in :mod:`regvit_lib.profiles`.
 
 Each is a frozen dataclass, so a config can be hashed, compared, printed and varied with
 :func:`dataclasses.replace`, and each value is checked when the object is made: a bad value raises
@@ -12,14 +11,11 @@ Each is a frozen dataclass, so a config can be hashed, compared, printed and var
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, get_args
 
 __all__ = ["ConfigError", "ModelConfig", "VIT_SIZES", "vit_config", "SHAPES", "BACKGROUNDS", "SPLITS",
-           "ScenesConfig", "FractalConfig", "ImageData", "DataConfig", "TrainConfig", "RunConfig", "PRETRAINED",
-           "resolve", "alias_of", "has_registers", "patch_size", "twin", "PretrainedSet", "Profile",
-           "PROFILES", "PROFILE_ENV_VAR", "default_profile_name", "get_profile"]
+           "ScenesConfig", "FractalConfig", "ImageData", "DataConfig", "TrainConfig", "RunConfig"]
 
 PoolKind = Literal["token", "avg"]
 MlpKind = Literal["gelu", "swiglu"]
@@ -338,147 +334,3 @@ class RunConfig:
             raise ConfigError(f"objective='dino' trains no classifier: set num_classes=0, got {self.model.num_classes}")
         if self.train.objective == "supervised" and self.model.num_classes == 0:
             raise ConfigError("supervised training needs num_classes >= 1")
-
-
-# Pretrained ViTs by alias -> timm name: DINOv2 (Oquab et al. 2023), its registers twins (this
-# paper), DeiT-III (Touvron et al. 2022). regvit_lib.pretrained fetches and loads them.
-PRETRAINED: dict[str, str] = {
-    **{f"dinov2-{s}{r}": f"vit_{size}_patch14_{'reg4_' if r else ''}dinov2.lvd142m"
-       for s, size in (("s", "small"), ("b", "base"), ("l", "large"), ("g", "giant")) for r in ("", "-reg")},
-    **{f"deit3-{s}": f"deit3_{size}_patch16_224.fb_in22k_ft_in1k"
-       for s, size in (("s", "small"), ("b", "base"), ("l", "large"))},
-}
-
-
-def resolve(name: str) -> str:
-    """The timm name of an alias of :data:`PRETRAINED` or of a known timm name.
-
-    Raises:
-        ConfigError: for a name that is neither, listing the aliases.
-    """
-    full = PRETRAINED.get(name, name)
-    if full in PRETRAINED.values():
-        return full
-    raise ConfigError(f"unknown pretrained model {name!r}; known: {sorted(PRETRAINED)} "
-                      f"(or their timm names: {sorted(PRETRAINED.values())})")
-
-
-def alias_of(name: str) -> str:
-    """The short alias of a known pretrained model (alias or timm name)."""
-    full = resolve(name)
-    return next(alias for alias, timm_name in PRETRAINED.items() if timm_name == full)
-
-
-def has_registers(name: str) -> bool:
-    """Whether a known pretrained model has registers (the DINOv2 ``reg4`` models)."""
-    return "_reg4_" in resolve(name)
-
-
-def patch_size(name: str) -> int:
-    """The patch side of a known pretrained model: 14 (DINOv2) or 16 (DeiT-III)."""
-    return 14 if "_patch14_" in resolve(name) else 16
-
-
-def twin(name: str) -> str | None:
-    """The timm name of the same model with registers if ``name`` has none, and vice versa;
-    ``None`` when no such twin is published (DeiT-III)."""
-    full = resolve(name)
-    other = full.replace("_reg4_", "_") if has_registers(full) else full.replace("_patch14_", "_patch14_reg4_")
-    return other if other != full and other in PRETRAINED.values() else None
-
-
-@dataclass(frozen=True)
-class PretrainedSet:
-    """The paper's own models a profile studies beside ours in chapters 2 and 3 (aliases of
-    :data:`PRETRAINED`), run whenever their weights can be fetched."""
-
-    pair: tuple[str, str] = ("dinov2-l", "dinov2-l-reg")  # without and with registers (chapters 2 and 3)
-    others: tuple[str, ...] = ("deit3-b",)  # other families with artifacts (chapter 2)
-    sizes: tuple[str, ...] = ("dinov2-s", "dinov2-b", "dinov2-l")  # Fig. 4c, smallest first
-    img_size: int = 224  # input side: a multiple of 14 and 16 serves both families
-    images: int = 64  # labelled scenes per model (half fit the probes)
-
-    def __post_init__(self) -> None:
-        _check_int("images", self.images, 8)
-        _check_int("img_size", self.img_size, 16)
-        for name in (*self.pair, *self.others, *self.sizes):
-            if name not in PRETRAINED:  # aliases only: the chapters name models by them
-                raise ConfigError(f"unknown pretrained alias {name!r}; known: {sorted(PRETRAINED)}")
-            if self.img_size % patch_size(name):
-                raise ConfigError(f"img_size={self.img_size} is not a multiple of {name}'s patch size "
-                                  f"{patch_size(name)}")
-        if len(self.pair) != 2 or has_registers(self.pair[0]) or not has_registers(self.pair[1]):
-            raise ConfigError(f"pair={self.pair!r} must name a model without registers, then one with them")
-
-
-@dataclass(frozen=True)
-class Profile:
-    """One scale of the whole book; chapters train ``profile.run(...)`` variants of it through the cache."""
-
-    name: str
-    description: str
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: ScenesConfig = field(default_factory=ScenesConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    seed: int = 0
-    seeds: int = 1  # seeds per configuration where a chapter shows error bars
-    pretrained: PretrainedSet = field(default_factory=PretrainedSet)
-
-    def __post_init__(self) -> None:
-        _check_ints(self, {"seed": 0, "seeds": 1})
-        RunConfig(self.model, self.data, self.train, self.seed)  # the parts must fit together
-
-    def run(self, seed: int | None = None, **model_overrides: object) -> RunConfig:
-        """The :class:`RunConfig` of this profile with some model fields changed (``run(num_registers=4)``)."""
-        try:
-            model = replace(self.model, **model_overrides)  # type: ignore[arg-type]
-        except TypeError as e:
-            raise ConfigError(f"unknown ModelConfig field in {sorted(model_overrides)}: {e}") from e
-        return RunConfig(model, self.data, self.train, self.seed if seed is None else seed)
-
-
-def _profile(name: str, description: str, model: ModelConfig, data: ScenesConfig, train: TrainConfig,
-             seeds: int, pretrained: PretrainedSet) -> Profile:
-    return Profile(name, description, replace(model, num_classes=data.num_classes), data, train, seeds=seeds,
-                   pretrained=pretrained)
-
-
-# What each profile costs, measured, is in the README ("Profiles").
-PROFILES: dict[str, Profile] = {p.name: p for p in (
-    _profile("smoke", "CI and nbval: seconds per chapter on 2 CPU cores",
-             ModelConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2),
-             ScenesConfig(img_size=32, train_size=2_000, val_size=128, test_size=128),
-             TrainConfig(steps=20, batch_size=32, warmup_steps=2, eval_every=10, eval_images=64, stats_images=16,
-                         checkpoint_every=10), seeds=1,
-             pretrained=PretrainedSet(("dinov2-s", "dinov2-s-reg"), ("deit3-s",), ("dinov2-s",), 112, 16)),
-    _profile("cpu", "a laptop (the default): the whole book on 2 CPU cores",
-             ModelConfig(img_size=32, patch_size=4, embed_dim=128, depth=6, num_heads=4),
-             ScenesConfig(img_size=32, train_size=50_000, val_size=2_000, test_size=2_000),
-             TrainConfig(steps=300, batch_size=128, lr=2e-3, warmup_steps=30, eval_every=50, eval_images=512,
-                         stats_images=64, checkpoint_every=50), seeds=1, pretrained=PretrainedSet()),
-    _profile("gpu", "one data-centre GPU (planned, not yet measured)",
-             ModelConfig(img_size=64, patch_size=4, embed_dim=384, depth=12, num_heads=6),
-             ScenesConfig(img_size=64, train_size=1_000_000, val_size=5_000, test_size=5_000),
-             TrainConfig(steps=3_000, batch_size=512, lr=1e-3, warmup_steps=300, weight_decay=0.05, eval_every=250,
-                         eval_images=2_048, stats_images=64, checkpoint_every=500), seeds=3,
-             pretrained=PretrainedSet(("dinov2-g", "dinov2-g-reg"), ("deit3-b", "deit3-l"),
-                                      ("dinov2-s", "dinov2-b", "dinov2-l", "dinov2-g"), 224, 1_000)),
-)}
-
-PROFILE_ENV_VAR = "REGVIT_PROFILE"
-
-
-def get_profile(name: str) -> Profile:
-    """Look a profile up by name (``smoke``, ``cpu``, ``gpu``); any other name raises, listing them."""
-    if name not in PROFILES:
-        raise ConfigError(f"unknown profile {name!r}; known profiles: {sorted(PROFILES)}")
-    return PROFILES[name]
-
-
-def default_profile_name() -> str:
-    """The profile a chapter runs when nobody injects one (nbval cannot): ``$REGVIT_PROFILE``, else ``cpu``."""
-    name = os.environ.get(PROFILE_ENV_VAR, "cpu").strip()
-    if name not in PROFILES:
-        raise ConfigError(f"environment variable {PROFILE_ENV_VAR}={name!r} names no profile; "
-                          f"known profiles: {sorted(PROFILES)}")
-    return name

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import get_profile
+from .profiles import get_profile
 from .scenes import render_scenes, scene_stats
 
 __all__ = ["write_card"]

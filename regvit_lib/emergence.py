@@ -39,18 +39,21 @@ import numpy as np
 import pandas as pd
 
 from .analysis import collect, top_token_placement
-from .cache import code_version
-from .config import FractalConfig, Profile, RunConfig, ScenesConfig, get_profile
+from .cache import Store, cached, code_version
+from .config import FractalConfig, RunConfig, ScenesConfig
+from .profiles import Profile, get_profile
 from .data import make_source
 from .scenes import background_patches, render_scenes
 from .summaries import RATIO_BINS, studied_block
 from .train import TRAIN_CODE, TrainedRun, train
 
-__all__ = ["study_points", "run_study", "study_table", "load_study", "stored_study", "headline",
+__all__ = ["study_points", "run_study", "study_row", "study_table", "load_study", "stored_study", "headline",
            "headline_texts", "COMPUTE_AXES", "STUDY_DIR", "main"]
 
 # The axes along which only the compute (and the seed) changes: the study's compute axis.
 COMPUTE_AXES = ("baseline", "compute", "seeds")
+# The code a study row depends on: its run's and the summaries read from it.
+_ROW_CODE = TRAIN_CODE + ("analysis.py", "emergence.py")
 # Where the stored study results live (committed; see data/README.md).
 STUDY_DIR = Path(__file__).resolve().parents[1] / "data" / "emergence"
 
@@ -142,24 +145,35 @@ def placement(run: TrainedRun, layer: int, n_images: int = 256) -> dict[str, flo
 
 
 def run_study(profile: Profile, root: Path | str | None = None, progress: bool = False, k: float = 4.0,
-              axes: set[str] | None = None) -> list[dict[str, Any]]:
-    """Train or load every point of the study (or those of the given ``axes``); a row per point:
-    the run's final evaluation (``final_*``), where its largest tokens sit (:func:`placement`) and
-    the ``curve`` of those summaries over training."""
+              axes: set[str] | None = None, workers: int | None = None) -> list[dict[str, Any]]:
+    """Train or load every point of the study (or those of the given ``axes``); a row per point
+    (:func:`study_row`). The runs not in the cache train first, in parallel
+    (:func:`regvit_lib.prepare.train_all` with ``workers``)."""
+    from .prepare import train_all
+
+    points = [p for p in study_points(profile) if axes is None or p[0] in axes]
+    t = time.perf_counter()
+    fresh = {r["key"] for r in train_all([run for _, _, run in points], workers, root, progress) if not r["cached"]}
+    print(f"trained {len(fresh)} runs in {time.perf_counter() - t:.0f} s", file=sys.stderr)
     rows = []
-    for axis, label, run in [p for p in study_points(profile) if axes is None or p[0] in axes]:
-        t = time.perf_counter()
-        trained = train(run, root=root, progress=progress)
-        seconds, final = time.perf_counter() - t, _record_summary(trained.curves[-1], k)
-        r = {"axis": axis, "label": label, "cached": trained.cached, "call_seconds": seconds, "key": trained.key[:24]}
-        r |= {name: trained.metrics[name] for name in ("params", "train_flops", "test_acc", "train_seconds", "device")}
-        r |= {f"final_{a}": b for a, b in final.items()} | placement(trained, final["ratio_mean_layer"])
-        r["curve"] = [_record_summary(rec, k) for rec in trained.curves]
+    for axis, label, run in points:
+        trained = train(run, root=root, progress=False)
+        r = study_row(axis, label, trained, k) | {"cached": trained.key not in fresh}
         rows.append(r)
-        took = "cached" if trained.cached else f"{seconds:.0f} s"
         print(f"{axis:10s} {label:40s} ratio {r['final_ratio_mean']:.2f} sink {r['final_sink_mass']:.2f} "
-              f"({r['final_sink_kind']}) acc {r['test_acc']:.3f} {took}", file=sys.stderr)
+              f"({r['final_sink_kind']}) acc {r['test_acc']:.3f} train {r['train_seconds']:.0f} s", file=sys.stderr)
     return rows
+
+
+def study_row(axis: str, label: str, trained: TrainedRun, k: float) -> dict[str, Any]:
+    """One point of the study from its trained run: its final evaluation (``final_*``), where its
+    largest tokens sit (:func:`placement`) and the ``curve`` of those summaries over training."""
+    final = _record_summary(trained.curves[-1], k)
+    r: dict[str, Any] = {"axis": axis, "label": label, "key": trained.key[:24]}
+    r |= {name: trained.metrics[name] for name in ("params", "train_flops", "test_acc", "train_seconds", "device")}
+    r |= {f"final_{a}": b for a, b in final.items()} | placement(trained, final["ratio_mean_layer"])
+    r["curve"] = [_record_summary(rec, k) for rec in trained.curves]
+    return r
 
 
 def study_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -177,18 +191,39 @@ def load_study(path: Path | str) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
-def stored_study(profile: str, folder: Path | str = STUDY_DIR) -> tuple[dict[str, Any], Path]:
-    """The stored study of ``profile``, or of ``cpu`` when there is none for it (e.g. ``smoke``).
+def stored_study(profile: str, folder: Path | str = STUDY_DIR,
+                 root: Path | str | None = None) -> tuple[dict[str, Any], Path]:
+    """The stored study of ``profile``, or of ``cpu`` when there is none for it (e.g. ``smoke``), with
+    every row whose run is in this build's cache (the same key: configuration and code) rebuilt
+    from that run, so that a chapter never shows two numbers for one run: training on another
+    machine gives other numbers (floating-point order), and the run trained here is the one the
+    other chapters show.
 
     Returns:
         The document and the file it came from; the document's ``"profile"`` says which scale
-        the numbers belong to, and ``"command"`` how they were made.
+        the numbers belong to, ``"command"`` how they were made, and ``"replaced"`` lists the
+        labels of the rows rebuilt from this build's runs (each such row has ``"source": "this
+        build"``, the others ``"stored"``).
     """
     folder = Path(folder)
     for path in (folder / f"{profile}.json", folder / "cpu.json"):
         if path.is_file():
-            return load_study(path), path
-    raise FileNotFoundError(f"no stored study in {folder}; run: python -m regvit_lib.emergence --profile {profile}")
+            doc = load_study(path)
+            break
+    else:
+        raise FileNotFoundError(f"no stored study in {folder}; run: python -m regvit_lib.emergence --profile {profile}")
+    runs = {label: run for _, label, run in study_points(get_profile(doc["profile"]))}
+    rows, replaced = [], []
+    for r in doc["rows"]:
+        store = Store("runs", runs[r["label"]], TRAIN_CODE, root) if r["label"] in runs else None
+        if store is not None and store.key[:24] == r["key"] and store.result_path.is_file():
+            run, axis, label = runs[r["label"]], r["axis"], r["label"]
+            rebuilt = cached("study-row", dict(run=run, axis=axis, label=label, k=doc["k"]), _ROW_CODE,
+                             lambda: study_row(axis, label, train(run, root=root, progress=False), doc["k"]), root)
+            r = {**r, **rebuilt, "source": "this build"}
+            replaced.append(r["label"])
+        rows.append({"source": "stored", **r})
+    return {**doc, "rows": rows, "replaced": replaced}, path
 
 
 def headline(rows: list[dict[str, Any]], paper_ratio: float = 10.0, sink_level: float = 0.5) -> dict[str, Any]:
@@ -293,6 +328,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--out", default="data/emergence", help="folder for <profile>.json")
     ap.add_argument("--k", type=float, default=4.0, help="outlier rule: k x the image's median norm")
+    ap.add_argument("--workers", type=int, default=None, help="parallel training processes (default: one per core)")
     ap.add_argument("--axes", nargs="+", default=None, help="only these axes (default: all); with an "
                     "existing file, its rows of these axes are replaced and the others kept")
     args = ap.parse_args(argv)
@@ -303,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"unknown axes {sorted(axes - known)}; known: {sorted(known)}")
     command = "python -m regvit_lib.emergence " + " ".join(argv if argv is not None else sys.argv[1:])
     stamp = {"code": code_version(TRAIN_CODE), "commit": git_commit(), "command": command}
-    rows = [{**r, **stamp} for r in run_study(prof, k=args.k, axes=axes)]
+    rows = [{**r, **stamp} for r in run_study(prof, k=args.k, axes=axes, workers=args.workers, progress=True)]
     path = Path(args.out) / f"{prof.name}.json"
     if axes is not None and path.is_file():  # keep the other axes' rows, each with its own stamp
         old = load_study(path)

@@ -5,14 +5,18 @@ the ``meta`` device: shapes only, no memory, so ViT-g is counted on a laptop in 
 a second. One multiply-add counts as 2 FLOPs (PyTorch's convention). Counted: the patch
 embedding, every matmul of attention (QKV, Q K^T, A V, output projection) and of the MLP, and
 the head. Not counted: softmax, LayerNorm, GELU and additions (a few percent at most).
+:func:`register_overhead_table` is cached (:mod:`regvit_lib.cache`): counting ViT-g thirty times
+takes seconds, and a rebuild reads the numbers back.
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .cache import cached
 from .config import ModelConfig, vit_config
 from .model import build_model, count_parameters
 
@@ -42,16 +46,20 @@ def register_overhead_table(sizes: Sequence[str] = ("Ti", "S", "B", "L", "g"), r
         One row per (size, registers): ``tokens``, ``params_M``, ``GFLOPs``, and
         ``params_overhead_pct`` / ``flops_overhead_pct`` relative to the first register count.
     """
-    rows = []
-    for size in sizes:
-        cfgs = [vit_config(size, img_size=img_size, patch_size=patch_size, num_registers=r) for r in registers]
-        flops = [count_flops(cfg) for cfg in cfgs]
-        params = [count_parameters(build_model(cfg, device="meta")) for cfg in cfgs]
-        rows += [dict(model=f"ViT-{size}/{patch_size}", registers=r, tokens=cfg.num_tokens, params_M=p / 1e6,
-                      GFLOPs=f / 1e9, params_overhead_pct=100 * (p / params[0] - 1),
-                      flops_overhead_pct=100 * (f / flops[0] - 1))
-                 for r, cfg, f, p in zip(registers, cfgs, flops, params)]
-    return pd.DataFrame(rows)
+    def count() -> dict[str, Any]:
+        rows = []
+        for size in sizes:
+            cfgs = [vit_config(size, img_size=img_size, patch_size=patch_size, num_registers=r) for r in registers]
+            flops = [count_flops(cfg) for cfg in cfgs]
+            params = [count_parameters(build_model(cfg, device="meta")) for cfg in cfgs]
+            rows += [dict(model=f"ViT-{size}/{patch_size}", registers=r, tokens=cfg.num_tokens, params_M=p / 1e6,
+                          GFLOPs=f / 1e9, params_overhead_pct=100 * (p / params[0] - 1),
+                          flops_overhead_pct=100 * (f / flops[0] - 1))
+                     for r, cfg, f, p in zip(registers, cfgs, flops, params)]
+        return {"rows": rows}
+
+    config = dict(sizes=list(sizes), registers=list(registers), img_size=img_size, patch_size=patch_size)
+    return pd.DataFrame(cached("flops-table", config, ("flops.py", "model.py", "config.py"), count)["rows"])
 
 
 def overhead_summary(table: pd.DataFrame, registers: Sequence[int] = (4, 16)) -> pd.DataFrame:

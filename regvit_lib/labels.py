@@ -9,7 +9,9 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["LABELS", "show"]
+from .claims import pm, spread
+
+__all__ = ["LABELS", "show", "show_seeds"]
 
 LABELS: dict[str, str] = {
     # norms and outliers (chapters 2-4)
@@ -30,7 +32,7 @@ LABELS: dict[str, str] = {
     # runs, grids, studies
     "params_m": "params (M)", "train_pflops": "train PFLOPs", "test_acc": "test acc", "gflops": "GFLOPs",
     "flops_pct": "FLOPs +%", "img_size": "image size", "stripe": "stripe score",
-    "id": "", "axis": "axis", "run": "run",
+    "id": "", "axis": "axis", "run": "run", "evidence": "measured (mean ± sd over seeds)",
 }
 
 
@@ -40,13 +42,30 @@ def show(table: pd.DataFrame | list[dict[str, Any]] | dict[str, dict[str, Any]],
     numbers rounded, no index.
 
     Args:
-        table: a DataFrame, a list of records, or ``{row name: record}`` (shown with records as columns).
+        table: a DataFrame, a list of records, or ``{row name: record}`` (shown with records as columns);
+            a list as a value is one number per seed, shown as ``mean ± sd``.
         precision: decimals of floating-point numbers.
         columns: which keys to show, in order.
     """
-    frame = pd.DataFrame(table)
+    frame = pd.DataFrame(table).map(lambda v: _mean_sd(v, precision) if isinstance(v, list) else v)
     if isinstance(table, dict):  # records are columns: ``columns`` picks their keys, the rows
         frame = frame.loc[columns] if columns is not None else frame
         return frame.rename(index=LABELS).style.format(precision=precision, na_rep="–")
     frame = frame[columns] if columns is not None else frame
     return frame.rename(columns=LABELS).style.format(precision=precision, na_rep="–").hide(axis="index")
+
+
+def show_seeds(table: pd.DataFrame | list[dict[str, Any]], by: str | list[str], columns: list[str],
+               precision: int = 3) -> Any:
+    """A table with one row per seed shown one row per value of ``by``: each of ``columns`` as
+    ``mean ± sd`` over the seeds (the mean alone for one seed), and the number of ``seeds``."""
+    frame = pd.DataFrame(table)
+    groups = frame.groupby(by, sort=False)
+
+    out = groups[columns].agg(lambda v: _mean_sd(list(v), precision)).assign(seeds=groups.size()).reset_index()
+    return show(out, precision, [*([by] if isinstance(by, str) else by), "seeds", *columns])
+
+
+def _mean_sd(values: list[Any], precision: int) -> str:
+    """``mean ± sd`` of one number per seed (the mean alone for one seed), NaN left out."""
+    return "–" if spread(values)[2] == 0 else pm(values, f".{precision}f")

@@ -7,7 +7,7 @@ numbers and tables of chapters 2 and 3 (the paper's Sec. 2 and Sec. 3) as snake_
 :mod:`regvit_lib.labels` names their columns for display, :mod:`regvit_lib.plots` draws them and
 :mod:`regvit_lib.claims` turns them into verdicts.
 
-For a pretrained model (an alias of :data:`~regvit_lib.config.PRETRAINED`; its weights are
+For a pretrained model (an alias of :data:`~regvit_lib.profiles.PRETRAINED`; its weights are
 fetched by :mod:`regvit_lib.pretrained`) the scenes are rendered at the model's input size, so
 the probes that need labels (segmentation, depth, boxes, class) run on it too, and the
 photographs of :func:`regvit_lib.data.photos` are shown in the figures. Its forward pass keeps
@@ -31,7 +31,8 @@ from .analysis import (OUTLIER_K, Features, attention_to_patches, collect, detec
                        neighbour_similarity, norms_at, pca_rgb, peak_layer, peak_of_norms, positive_control,
                        tokens_at, top_token_placement)
 from .cache import Store, cached
-from .config import ConfigError, ModelConfig, PretrainedSet, Profile, ScenesConfig, alias_of, has_registers
+from .config import ConfigError, ModelConfig, RunConfig, ScenesConfig
+from .profiles import PretrainedSet, Profile, alias_of, has_registers
 from .data import photos
 from .model import RegViT, count_parameters
 from .pretrained import WEIGHTS_ENV_VAR, WeightsUnavailable, load_pretrained, resolve, twin, weights_file, weights_id
@@ -40,16 +41,16 @@ from .scenes import SceneBatch, background_patches, render_scenes
 from .summaries import sink_summary
 from .train import TrainedRun, train
 
-__all__ = ["PRETRAINED_BATCH", "Subject", "load_subject", "pretrained_set", "pretrained_subjects", "norm_report",
+__all__ = ["PRETRAINED_BATCH", "Subject", "load_subject", "seed_runs", "load_seeds", "pretrained_set", "pretrained_subjects", "norm_report",
            "share_per_layer", "layer_norms", "sinks", "dense_table", "object_discovery", "register_maps", "photo_maps",
-           "local_and_global", "neighbour_table", "planted", "size_ladder", "size_sweep"]
+           "local_and_global", "neighbour_table", "planted", "size_ladder", "size_runs", "size_sweep"]
 
 
 @dataclass
 class Subject:
     """A model under study and one forward pass over labelled scenes."""
 
-    name: str  # e.g. "cpu, 4 registers" or "dinov2-g"
+    name: str  # e.g. "cpu, 4 registers" or "dinov2-g" (the seeds of one model share its name)
     scale: str  # the profile's name, or "pretrained"
     load_model: Callable[[], RegViT]  # the model, loaded when first asked for (see ``model``)
     feats: Features  # one pass over ``scenes``: every token and attention map (ours); lean (pretrained)
@@ -60,6 +61,7 @@ class Subject:
     visual: Tensor  # images shown in the figures: the first scenes, or photographs (pretrained)
     params: int  # the model's parameter count
     key: str  # what decides ``feats``: the run's or the weights' cache key, and the scenes; keys the probes' cache
+    seed: int | None = None  # the training seed of our model; None when pretrained
 
     @cached_property
     def model(self) -> RegViT:
@@ -105,7 +107,17 @@ def load_subject(profile: Profile, registers: int = 0, pretrained: str | None = 
     scenes = render_scenes(profile.data, "val", np.arange(min(images, profile.data.val_size)))
     feats = collect(run.model, scenes.image, scenes.label, attn=True, batch_size=32)
     return Subject(name, profile.name, lambda: run.model, feats, scenes, profile.data, peak_layer(feats), run,
-                   scenes.image[:4], count_parameters(run.model), f"{run.key}/{len(scenes.image)}")
+                   scenes.image[:4], count_parameters(run.model), f"{run.key}/{len(scenes.image)}", run.config.seed)
+
+
+def seed_runs(profile: Profile, registers: int = 0) -> list[RunConfig]:
+    """The profile's run with ``registers`` registers, once per seed of the profile (:attr:`Profile.all_seeds`)."""
+    return [profile.run(seed=s, num_registers=registers) for s in profile.all_seeds]
+
+
+def load_seeds(profile: Profile, registers: int = 0, images: int = 400) -> list[Subject]:
+    """:func:`load_subject` for every seed of the profile: what a claim compares, as mean and spread."""
+    return [load_subject(profile, registers, images=images, seed=s) for s in profile.all_seeds]
 
 
 PRETRAINED_BATCH = 8  # images per forward pass of a pretrained model; the first batch picks the studied block
@@ -229,20 +241,23 @@ def sinks(subject: Subject) -> pd.DataFrame:
 
 
 def dense_table(subjects: list[Subject], seed: int = 0) -> pd.DataFrame:
-    """The paper's Table 2 for our subjects: ``classification``, ``segmentation_miou``, ``depth_rmse``."""
+    """The paper's Table 2 for our subjects, one row each (``model``, ``seed``): ``classification``,
+    ``segmentation_miou``, ``depth_rmse``."""
     def probe(s: Subject) -> dict[str, float]:
         return dense_probes(s.feats, s.scenes.seg, s.scenes.depth, num_seg_classes=1 + len(s.data.shapes),
                             seed=seed).as_dict()
-    return pd.DataFrame([{"model": s.name, **_cached_probe(s, "probe-dense", lambda: probe(s), seed=seed)}
+    return pd.DataFrame([{"model": s.name, "seed": s.seed, **_cached_probe(s, "probe-dense", lambda: probe(s), seed=seed)}
                          for s in subjects])
 
 
 def object_discovery(subjects: list[Subject]) -> pd.DataFrame:
-    """The paper's Table 3 for our subjects: LOST boxes from the last layer's keys, CorLoc."""
+    """The paper's Table 3 for our subjects, one row each (``model``, ``seed``): LOST boxes from the last
+    layer's keys, ``corloc``."""
     def discover(s: Subject) -> dict[str, float]:
         boxes = lost(lost_keys(s.model, s.feats), s.feats.grid, s.cfg.patch_size)
         return {"corloc": corloc(boxes, s.scenes.boxes, s.scenes.box_valid)}
-    return pd.DataFrame([{"model": s.name, **_cached_probe(s, "probe-lost", lambda: discover(s))} for s in subjects])
+    return pd.DataFrame([{"model": s.name, "seed": s.seed, **_cached_probe(s, "probe-lost", lambda: discover(s))}
+                         for s in subjects])
 
 
 def register_maps(subject: Subject, features: Features | None = None, layer: int = -1) -> dict[str, Tensor]:
@@ -269,16 +284,25 @@ def photo_maps(subject: Subject) -> dict[str, Tensor]:
         lambda: ({}, register_maps(subject, collect(subject.model, subject.visual))))[1]
 
 
-def local_and_global(subject: Subject, features: Features | None = None, k: float = OUTLIER_K,
-                     seed: int = 0) -> dict[str, float]:
+def local_and_global(subject: Subject, k: float = OUTLIER_K, seed: int = 0, control: bool = False) -> dict[str, float]:
     """Fig. 5b and Table 1 in one record: position / pixel probes and single-token class probes
-    (:func:`regvit_lib.probes.probe_summary`)."""
-    def probe(f: Features) -> dict[str, float]:
+    (:func:`regvit_lib.probes.probe_summary`), cached per subject and settings.
+
+    Args:
+        control: of the planted positive control (:func:`planted`: the same model and scenes with
+            outliers planted at its block) instead of the subject's own features.
+
+    Raises:
+        ValueError: ``control`` for a pretrained model (it has the real thing, no control).
+    """
+    if control and subject.run is None:
+        raise ValueError(f"{subject.name} is pretrained: it has no planted positive control")
+
+    def probe() -> dict[str, float]:
+        f = planted(subject) if control else subject.feats
+        assert f is not None
         return probe_summary(f, detect_outliers(f, subject.layer, k), subject.layer, seed)
-    if features is not None:  # other features of the subject's model (the planted control): not cached
-        return probe(features)
-    return _cached_probe(subject, "probe-local-global", lambda: probe(subject.feats), layer=subject.layer, k=k,
-                         seed=seed)
+    return _cached_probe(subject, "probe-local-global", probe, layer=subject.layer, k=k, seed=seed, control=control)
 
 
 def neighbour_table(subject: Subject, features: Features | None = None, k: float = OUTLIER_K) -> dict[str, Tensor]:
@@ -301,6 +325,12 @@ def size_ladder(profile: Profile) -> list[int]:
     """Widths for the model-size figure (Fig. 4c): half, once and 1.5x the profile's width."""
     d, h = profile.model.embed_dim, profile.model.num_heads
     return [w for w in (d // 2, d, d * 3 // 2) if w % h == 0 and w >= h]
+
+
+def size_runs(profile: Profile) -> list[RunConfig]:
+    """The runs of the model-size figure (Fig. 4c): the profile's seed at each width of :func:`size_ladder`.
+    One seed per width: the figure compares no claim (the profile's own width has all its seeds in the claims)."""
+    return [profile.run(embed_dim=w) for w in size_ladder(profile)]
 
 
 def size_sweep(profile: Profile, pretrained: PretrainedSet | None = None, images: int = 200,

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .config import PRETRAINED, PROFILES, ConfigError, Profile, default_profile_name, get_profile
-from .pretrained import twin
+from .config import ConfigError
+from .profiles import PRETRAINED, PROFILES, Profile, default_profile_name, get_profile, twin
 
 __all__ = ["PARAMS", "chapter_params"]
 

@@ -363,7 +363,7 @@ def register_ablation(grid: pd.DataFrame, summary: pd.DataFrame) -> Figure:
 
 def resolution_maps(study: pd.DataFrame) -> Figure:
     """App. A: the mean per-position norm / median map at each resolution, with and without
-    antialiased interpolation of the position embedding."""
+    antialiased interpolation of the position embedding (of the study's first seed)."""
     sizes = sorted(study["img_size"].unique())
     fig, axes = plt.subplots(2, len(sizes), figsize=(2.4 * len(sizes), 4.6), layout="constrained", squeeze=False)
     for j, size in enumerate(sizes):

@@ -10,7 +10,7 @@ weights_only=True)``) into the timm architecture and converts it exactly into a
 :class:`~regvit_lib.model.RegViT`, so the code that measures our models measures these.
 :func:`weights_id` is the file's SHA-256: the cache key of everything measured on it.
 
-Names: a short alias from :data:`~regvit_lib.config.PRETRAINED` (``"dinov2-l"``,
+Names: a short alias from :data:`~regvit_lib.profiles.PRETRAINED` (``"dinov2-l"``,
 ``"dinov2-l-reg"``, ...) or the full timm name. :func:`twin` gives a model's twin with (or
 without) registers.
 """
@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from .cache import sha256_file
-from .config import PRETRAINED, ConfigError, patch_size, resolve, twin
+from .config import ConfigError
+from .profiles import PRETRAINED, patch_size, resolve, twin
 from .model import RegViT
 from .timm_interop import regvit_from_timm
 

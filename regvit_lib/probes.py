@@ -20,10 +20,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from scipy import ndimage
-from sklearn.linear_model import LogisticRegression, Ridge
 from torch import Tensor
-from torchvision.ops import box_iou
 
 from .analysis import Features, Outliers, tokens_at
 from .model import patchify
@@ -50,12 +47,16 @@ def _classifier(x: Tensor, y: Tensor, weight_decay: float = 1e-3) -> Callable[[T
     if len(classes := y.unique()) == 1:
         return lambda z: classes.expand(len(z))
     C = 1 / (weight_decay * len(x) * (1 if len(classes) == 2 else 2))
+    from sklearn.linear_model import LogisticRegression  # here: a cached build never fits a probe
+
     clf = LogisticRegression(C=C, max_iter=10_000, tol=1e-6).fit(x.double().numpy(), y.numpy())
     return lambda z: torch.from_numpy(clf.predict(z.double().numpy()))
 
 
 def _ridge(x: Tensor, y: Tensor, alpha: float = 1e-2) -> Callable[[Tensor], Tensor]:
     """Ridge regression with penalty ``alpha * n * ||W||^2`` (intercept free); returns its predictor."""
+    from sklearn.linear_model import Ridge
+
     reg = Ridge(alpha=alpha * len(x)).fit(x.double().numpy(), y.double().numpy())
     return lambda z: torch.from_numpy(reg.predict(z.double().numpy()))
 
@@ -271,6 +272,8 @@ def _component(mask: np.ndarray, start: tuple[int, int]) -> np.ndarray:
     """The 4-connected component of ``mask`` containing ``start`` (the start is always in it)."""
     m = mask.copy()
     m[start] = True
+    from scipy import ndimage
+
     labels = ndimage.label(m)[0]
     return labels == labels[start]
 
@@ -281,6 +284,8 @@ def corloc(pred: Tensor, gt_boxes: Tensor, gt_valid: Tensor, threshold: float = 
     Args:
         pred: ``(B, 4)``; gt_boxes: ``(B, K, 4)``; gt_valid: ``(B, K)`` bool.
     """
+    from torchvision.ops import box_iou  # here: importing torchvision.ops costs seconds (it loads torch._dynamo)
+
     hits = [bool((box_iou(p[None], g[v]) >= threshold).any()) for p, g, v in zip(pred, gt_boxes, gt_valid)]
     return float(np.mean(hits))
 

@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 
 from regvit_lib import PROFILES, ConfigError, ModelConfig, chapter_params, default_profile_name, get_profile, vit_config
-from regvit_lib.config import PROFILE_ENV_VAR, Profile
+from regvit_lib.profiles import PROFILE_ENV_VAR, Profile
 
 
 def test_profiles_are_frozen_and_named() -> None:
@@ -85,6 +85,16 @@ def test_vit_sizes() -> None:
 def test_profile_seed_validated() -> None:
     with pytest.raises(ConfigError, match="seed must be >= 0, got -1"):
         Profile(name="x", description="", seed=-1)
+    with pytest.raises(ConfigError, match="seeds must be >= 1, got 0"):
+        Profile(name="x", description="", seeds=0)
+    assert dataclasses.replace(get_profile("smoke"), seed=2, seeds=3).all_seeds == (2, 3, 4)
+    assert all(p.seeds >= 2 for p in PROFILES.values())  # every profile's claims rest on a spread
+
+
+@pytest.mark.parametrize("counts", [(1, 2, 4), (0, 4), (0, 4, 2), (0, 1, -4), (0, 1, 2.0), [0, 1, 4], (0, True, 4)])
+def test_profile_register_grid_is_validated(counts) -> None:
+    with pytest.raises(ConfigError, match=r"register_counts must be a rising tuple of >= 3 ints starting at 0"):
+        Profile(name="x", description="", register_counts=counts)
 
 
 @pytest.mark.parametrize("params, message", [

@@ -13,7 +13,7 @@ from regvit_lib import ConfigError, ImageData, ScenesConfig, make_source, normal
 from regvit_lib.config import BACKGROUNDS, SHAPES
 from regvit_lib.data import batch_indices
 from regvit_lib.scenes import scene_stats
-from regvit_lib.config import get_profile
+from regvit_lib.profiles import get_profile
 
 CFG = ScenesConfig(img_size=48, object_texture=0.5, train_size=1_000, val_size=300, test_size=300)
 

@@ -8,7 +8,7 @@ import pytest
 
 from regvit_lib import plots
 from regvit_lib.cache import Store
-from regvit_lib.config import get_profile
+from regvit_lib.profiles import get_profile
 from regvit_lib.emergence import (COMPUTE_AXES, _share_above, headline, headline_texts, run_study, stored_study,
                                   study_points, study_table)
 from regvit_lib.summaries import RATIO_BINS
@@ -110,3 +110,16 @@ def test_stored_study_falls_back_to_cpu(tmp_path) -> None:
     (tmp_path / "cpu.json").write_text(json.dumps({"profile": "cpu", "command": "x", "rows": []}))
     doc, path = stored_study("smoke", tmp_path)
     assert doc["profile"] == "cpu" and path.name == "cpu.json"
+
+
+def test_a_stored_row_of_a_run_trained_here_is_rebuilt_from_it(tmp_path) -> None:
+    """A chapter never shows two numbers for one run: the stored row of a run in this cache gives way to it."""
+    cache = tmp_path / "cache"
+    rows = run_study(get_profile("smoke"), root=cache, axes={"baseline", "tokens"})
+    stored = [dict(rows[0], test_acc=-1.0),  # the same run trained on another machine: other numbers
+              dict(rows[1], key="0" * 24, test_acc=-2.0)]  # a run of other code: not in this cache
+    (tmp_path / "smoke.json").write_text(json.dumps({"profile": "smoke", "k": 4.0, "command": "c", "rows": stored}))
+    doc, path = stored_study("smoke", tmp_path, root=cache)
+    assert path == tmp_path / "smoke.json" and doc["replaced"] == [rows[0]["label"]]
+    assert doc["rows"][0]["test_acc"] == rows[0]["test_acc"] and doc["rows"][0]["source"] == "this build"
+    assert doc["rows"][1]["test_acc"] == -2.0 and doc["rows"][1]["source"] == "stored"

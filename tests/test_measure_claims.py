@@ -7,7 +7,7 @@ import torch
 
 from regvit_lib import claims, measure
 from regvit_lib.analysis import detect_outliers, ratio_per_layer
-from regvit_lib.config import get_profile
+from regvit_lib.profiles import get_profile
 
 SMOKE = get_profile("smoke")
 
@@ -46,7 +46,7 @@ def test_subject_holds_one_pass_over_labelled_scenes(subjects) -> None:
 
 def test_tables_have_a_row_per_model(subjects) -> None:
     dense = measure.dense_table(subjects)
-    assert list(dense["model"]) == [s.name for s in subjects]
+    assert list(dense["model"]) == [s.name for s in subjects] and list(dense["seed"]) == [SMOKE.seed] * 2
     assert dense["segmentation_miou"].between(0, 1).all() and (dense["depth_rmse"] > 0).all()
     assert measure.object_discovery(subjects)["corloc"].between(0, 1).all()
 
@@ -59,7 +59,7 @@ def test_planted_control_passes_c1_and_c4_rules(subjects) -> None:
     found = detect_outliers(planted, s0.layer)
     assert found.share == pytest.approx(2 / SMOKE.model.num_patches, abs=0.02)
     assert claims.verdict("C1", {"share": found.share})[0] == "reproduced"
-    row = measure.local_and_global(s0, planted)
+    row = measure.local_and_global(s0, control=True)
     c4 = {"share": found.share, **{key: row[key] for key in claims.NEEDS["C4"][1:]}}
     assert row["pixel_l2_outlier"] > row["pixel_l2_normal"]
     assert claims.verdict("C4", c4)[0] in ("reproduced", "partly")
@@ -129,27 +129,57 @@ def test_a_rule_names_the_measured_keys_it_misses() -> None:
 
 
 def test_builders_give_every_rule_its_keys(subjects) -> None:
-    """The chapters' measured dictionaries come from claims' builders, with the keys each rule reads."""
+    """The chapters' measured dictionaries come from claims' builders, with the keys each rule reads:
+    every number a list over seeds (here one seed per model)."""
     s0, s2 = subjects
     report, probes = measure.norm_report(s0), measure.local_and_global(s0)
-    built = claims.high_norm_claims(report, probes, s0.model.cfg.depth, [{"share": 0.0, "params": 10}], 4.0)
-    reports = [measure.norm_report(s) for s in subjects]
-    sinks = [measure.sinks(s).iloc[-1] for s in subjects]
+    built = claims.high_norm_claims([report, report], [probes, probes], s0.model.cfg.depth,
+                                    [{"share": 0.0, "params": 10}], 4.0)
+    assert built["C1"]["share"] == [report["share"]] * 2
+    reports = {s.name: [measure.norm_report(s)] for s in subjects}
+    sinks = {s.name: [measure.sinks(s).iloc[-1]] for s in subjects}
     dense = measure.dense_table(subjects).to_dict("records")
-    corloc = list(measure.object_discovery(subjects)["corloc"])
-    built |= claims.register_claims(reports, sinks, dense, corloc)
-    summary = [{"registers": r, "share": 0.0, "ratio_mean": 1.5, "sink_mass": 0.5, "segmentation_miou": 0.2,
-                "depth_rmse": 0.2, "classification": (30 + r) / 100, "test_acc": 0.3} for r in (0, 1, 4)]
-    built |= claims.ablation_claims(summary)
-    rows = [{"img_size": size, "antialias": aa, "share": 0.0, "stripe": 0.1, "accuracy": 0.5}
-            for size in (16, 64) for aa in (True, False)]
+    lost = measure.object_discovery(subjects).to_dict("records")
+    built |= claims.register_claims(reports, sinks, dense, lost)
+    grid = [{"registers": r, "seed": s, "share": 0.0, "ratio_mean": 1.5, "sink_mass": 0.5, "segmentation_miou": 0.2,
+             "depth_rmse": 0.2, "classification": (30 + r + s) / 100, "test_acc": 0.3} for r in (0, 1, 4) for s in (0, 1)]
+    built |= claims.ablation_claims(grid)
+    rows = [{"seed": seed, "img_size": size, "antialias": aa, "share": 0.0, "stripe": 0.1, "accuracy": 0.5}
+            for seed in (0, 1) for size in (16, 64) for aa in (True, False)]
     built |= claims.resolution_claim(rows, trained_at=32)
     assert sorted(built) == sorted(claims.CLAIMS)
     for claim, m in built.items():
         assert set(claims.NEEDS[claim]) <= set(m), claim
         assert claims.verdict(claim, m)[0] in ("reproduced", "partly", "not at this scale")
-    assert built["C7"]["with"] == {key: dense[1][key] for key in ("classification", "segmentation_miou", "depth_rmse")}
-    assert built["A3"]["acc_by_count"] == {"0": 0.3, "1": 0.31, "4": 0.34} and built["A4"]["img_size"] == 16
+    assert built["C7"]["with"] == {key: [dense[1][key]] for key in ("classification", "segmentation_miou", "depth_rmse")}
+    assert built["A3"]["acc_by_count"] == {"0": [0.3, 0.31], "1": [0.31, 0.32], "4": [0.34, 0.35]}
+    assert built["A4"]["img_size"] == 16 and built["A4"]["share_aa"] == [0.0, 0.0]
+
+
+def test_a_difference_counts_only_beyond_the_seeds_spread() -> None:
+    assert claims.spread([0.1, 0.3]) == pytest.approx((0.2, 0.1414, 2), abs=1e-4)
+    assert claims.spread(0.5) == (0.5, 0.0, 1) and claims.spread([float("nan"), 1.0])[2] == 1
+    # CorLoc up by 0.1 on average: reproduced with tight seeds, not with seeds that scatter more than that
+    assert claims.verdict("C8", {"without": [0.10, 0.11, 0.12], "with": [0.20, 0.21, 0.22]})[0] == "reproduced"
+    assert claims.verdict("C8", {"without": [0.0, 0.1, 0.2], "with": [0.1, 0.2, 0.3]})[0] == "not at this scale"
+    # one seed with a stray outlier token and two without: not distinguishable from none
+    assert claims.verdict("C1", {"share": [0.0, 0.0, 0.001]})[0] == "not at this scale"
+    assert claims.verdict("C1", {"share": [0.02, 0.021, 0.019]})[0] == "reproduced"
+    # A3: a rise within the spread is no rise
+    noisy = {"acc_by_count": {"0": [0.3, 0.5], "1": [0.35, 0.45], "4": [0.32, 0.52]}}
+    assert claims.verdict("A3", noisy)[0] == "not at this scale"
+    text, seeds = claims.evidence("C8", {"without": [0.1, 0.2], "with": [0.3, 0.4]})
+    assert seeds == 2 and text == "without 0.15 ± 0.07071; with 0.35 ± 0.07071"
+    assert claims.pm([0.1, 0.3], ".2f", 100) == "20.00 ± 14.14" and claims.pm(0.25, ".2f") == "0.25"
+    assert claims.per_seed([{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]) == {"a": [1.0, 2.0]}
+
+
+def test_record_states_each_verdict_with_its_seeds_and_spread(tmp_path) -> None:
+    entry = claims.record("cpu", "C8", {"without": [0.1, 0.12, 0.11], "with": [0.3, 0.31, 0.32]}, "cpu", "m", "ch",
+                          root=tmp_path)
+    assert entry["seeds"] == 3 and "± " in entry["evidence"] and entry["verdict"] == "reproduced"
+    row = claims.table(claims.load_claims("cpu", tmp_path)).iloc[0]
+    assert row["seeds"] == 3 and row["evidence"] == entry["evidence"] and "spread" in row["rule"]
 
 
 def test_chapter_4s_positive_control_is_measured_once(subjects, monkeypatch) -> None:

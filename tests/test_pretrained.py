@@ -84,7 +84,8 @@ from safetensors.torch import save_file
 
 from regvit_lib import analysis, measure, pretrained
 from regvit_lib.model import count_parameters
-from regvit_lib.config import PROFILES, ConfigError as CfgError, PretrainedSet
+from regvit_lib.config import ConfigError as CfgError
+from regvit_lib.profiles import PROFILES, PretrainedSet
 from regvit_lib.summaries import received_attention
 
 SMOKE = PROFILES["smoke"]
@@ -197,6 +198,8 @@ def test_features_are_cached_by_the_weights_identity(weights, tmp_path, monkeypa
     assert again.cfg == first.model.cfg
     torch.testing.assert_close(measure.photo_maps(again)["[CLS]"], maps["[CLS]"])  # the figures, from the cache
     assert json.dumps(measure.local_and_global(again)) == json.dumps(measure.local_and_global(first))  # NaN-safe
+    with pytest.raises(ValueError, match="dinov2-s is pretrained: it has no planted positive control"):
+        measure.local_and_global(first, control=True)
     # other weights under the same name: a new entry, never the old numbers
     write_weights(weights, ["dinov2-s"], seed=1)
     with pytest.raises(pytest.fail.Exception, match="model loaded though all is cached"):  # i.e. not from the cache

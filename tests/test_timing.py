@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from regvit_lib import bench
-from regvit_lib.config import get_profile
+from regvit_lib.profiles import get_profile
 from regvit_lib.timing import alternate, training_step
 
 SMOKE = get_profile("smoke")
@@ -57,3 +57,19 @@ def test_the_pretrained_cost_times_every_model_of_the_profile() -> None:
     photos = {n: 4 for n in (*pset.pair, *pset.others)}
     assert out["added_build_s"] == pytest.approx(sum(t * (pset.images + photos.get(n, 0))
                                                      for n, t in out["s_per_image"].items()))
+
+
+def test_the_step_fraction_is_measured_with_all_threads_and_with_one() -> None:
+    threads = torch.get_num_threads()
+    out = bench.step_vs_matmul(SMOKE, iters=2)
+    assert {"fp32", "bf16_autocast"} <= set(out) and torch.get_num_threads() == threads
+    if threads > 1:  # what each of prepare's workers gets
+        assert out["fp32_1thread"]["threads"] == 1 and out["fp32"]["threads"] == threads
+    assert all(0 < r["mfu"] and r["img_per_s"] > 0 for r in out.values())
+
+
+def test_chapter_times_are_read_from_the_build_log() -> None:
+    log = ("/b/chapters/01_vit_from_scratch.ipynb: Executing notebook using local CWD [mystnb]\n"
+           "/b/chapters/01_vit_from_scratch.ipynb: Executed notebook in 21.50 seconds [mystnb]\n"
+           "/b/chapters/04_ablations.ipynb: Executed notebook in 80.93 seconds [mystnb]\n")
+    assert bench.chapter_times(log) == {"01_vit_from_scratch": 21.5, "04_ablations": 80.93}

@@ -9,7 +9,7 @@ import torch
 
 from regvit_lib import CacheCorruptError, ConfigError, ModelConfig, RunConfig, ScenesConfig, TrainConfig, train
 from regvit_lib.cache import Store, code_version
-from regvit_lib.config import get_profile
+from regvit_lib.profiles import get_profile
 from regvit_lib.train import TRAIN_CODE, get_lr
 
 DATA = ScenesConfig(img_size=24, max_per_shape=2, train_size=256, val_size=32, test_size=32)

@@ -70,3 +70,16 @@ def test_plots_return_figures() -> None:
     fig = plots.register_overhead(table, paper={4: 2.0})
     labels = fig.axes[0].get_legend_handles_labels()[1]
     assert labels == ["ViT-Ti/14", "paper (App. B, bound)"]
+
+
+def test_tables_over_seeds_show_mean_and_spread() -> None:
+    from regvit_lib import labels
+
+    rows = [{"model": m, "seed": s, "share": v, "corloc": c} for m, s, v, c in
+            (("a", 0, 0.1, 0.2), ("a", 1, 0.3, 0.2), ("b", 0, 0.5, float("nan")), ("b", 1, 0.5, float("nan")))]
+    shown = labels.show_seeds(rows, "model", ["share", "corloc"]).data
+    assert list(shown.columns) == ["model", "seeds", "outlier share", "LOST corloc"]
+    assert shown.iloc[0].tolist() == ["a", 2, "0.200 ± 0.141", "0.200 ± 0.000"]
+    assert shown.iloc[1].tolist() == ["b", 2, "0.500 ± 0.000", "–"]
+    records = labels.show({"model a": {"share": [0.1, 0.3], "corloc": 0.25}}).data
+    assert records.loc["outlier share", "model a"] == "0.200 ± 0.141" and records.loc["LOST corloc", "model a"] == 0.25

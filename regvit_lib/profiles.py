@@ -1,0 +1,176 @@
+"""The book's scales: :data:`PROFILES` (``smoke``, ``cpu``, ``gpu``; the README says what each costs,
+measured), each a :class:`Profile` of the settings of :mod:`regvit_lib.config`, and the pretrained
+models studied beside ours (:data:`PRETRAINED`, :class:`PretrainedSet`).
+
+Kept apart from :mod:`regvit_lib.config` on purpose: a trained run's cache key holds every value of
+its :class:`~regvit_lib.config.RunConfig` and the code that gives them meaning (``config.py``), not
+this table, so changing one profile leaves the runs of the others, and every run whose settings
+did not change, in the cache.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+
+from .config import (ConfigError, ModelConfig, RunConfig, ScenesConfig, TrainConfig, _check_int, _check_ints)
+
+__all__ = ["PRETRAINED", "resolve", "alias_of", "has_registers", "patch_size", "twin", "PretrainedSet", "Profile",
+           "PROFILES", "PROFILE_ENV_VAR", "default_profile_name", "get_profile"]
+
+
+# Pretrained ViTs by alias -> timm name: DINOv2 (Oquab et al. 2023), its registers twins (this
+# paper), DeiT-III (Touvron et al. 2022). regvit_lib.pretrained fetches and loads them.
+PRETRAINED: dict[str, str] = {
+    **{f"dinov2-{s}{r}": f"vit_{size}_patch14_{'reg4_' if r else ''}dinov2.lvd142m"
+       for s, size in (("s", "small"), ("b", "base"), ("l", "large"), ("g", "giant")) for r in ("", "-reg")},
+    **{f"deit3-{s}": f"deit3_{size}_patch16_224.fb_in22k_ft_in1k"
+       for s, size in (("s", "small"), ("b", "base"), ("l", "large"))},
+}
+
+
+def resolve(name: str) -> str:
+    """The timm name of an alias of :data:`PRETRAINED` or of a known timm name.
+
+    Raises:
+        ConfigError: for a name that is neither, listing the aliases.
+    """
+    full = PRETRAINED.get(name, name)
+    if full in PRETRAINED.values():
+        return full
+    raise ConfigError(f"unknown pretrained model {name!r}; known: {sorted(PRETRAINED)} "
+                      f"(or their timm names: {sorted(PRETRAINED.values())})")
+
+
+def alias_of(name: str) -> str:
+    """The short alias of a known pretrained model (alias or timm name)."""
+    full = resolve(name)
+    return next(alias for alias, timm_name in PRETRAINED.items() if timm_name == full)
+
+
+def has_registers(name: str) -> bool:
+    """Whether a known pretrained model has registers (the DINOv2 ``reg4`` models)."""
+    return "_reg4_" in resolve(name)
+
+
+def patch_size(name: str) -> int:
+    """The patch side of a known pretrained model: 14 (DINOv2) or 16 (DeiT-III)."""
+    return 14 if "_patch14_" in resolve(name) else 16
+
+
+def twin(name: str) -> str | None:
+    """The timm name of the same model with registers if ``name`` has none, and vice versa;
+    ``None`` when no such twin is published (DeiT-III)."""
+    full = resolve(name)
+    other = full.replace("_reg4_", "_") if has_registers(full) else full.replace("_patch14_", "_patch14_reg4_")
+    return other if other != full and other in PRETRAINED.values() else None
+
+
+@dataclass(frozen=True)
+class PretrainedSet:
+    """The paper's own models a profile studies beside ours in chapters 2 and 3 (aliases of
+    :data:`PRETRAINED`), run whenever their weights can be fetched."""
+
+    pair: tuple[str, str] = ("dinov2-l", "dinov2-l-reg")  # without and with registers (chapters 2 and 3)
+    others: tuple[str, ...] = ("deit3-b",)  # other families with artifacts (chapter 2)
+    sizes: tuple[str, ...] = ("dinov2-s", "dinov2-b", "dinov2-l")  # Fig. 4c, smallest first
+    img_size: int = 224  # input side: a multiple of 14 and 16 serves both families
+    images: int = 64  # labelled scenes per model (half fit the probes)
+
+    def __post_init__(self) -> None:
+        _check_int("images", self.images, 8)
+        _check_int("img_size", self.img_size, 16)
+        for name in (*self.pair, *self.others, *self.sizes):
+            if name not in PRETRAINED:  # aliases only: the chapters name models by them
+                raise ConfigError(f"unknown pretrained alias {name!r}; known: {sorted(PRETRAINED)}")
+            if self.img_size % patch_size(name):
+                raise ConfigError(f"img_size={self.img_size} is not a multiple of {name}'s patch size "
+                                  f"{patch_size(name)}")
+        if len(self.pair) != 2 or has_registers(self.pair[0]) or not has_registers(self.pair[1]):
+            raise ConfigError(f"pair={self.pair!r} must name a model without registers, then one with them")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One scale of the whole book; chapters train ``profile.run(...)`` variants of it through the cache."""
+
+    name: str
+    description: str
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: ScenesConfig = field(default_factory=ScenesConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    seeds: int = 1  # training seeds of every run a claim compares: mean +- sd, differences beyond their spread
+    register_counts: tuple[int, ...] = (0, 1, 2, 4, 8, 16)  # the register grid of chapter 4 (the paper's Fig. 8)
+    pretrained: PretrainedSet = field(default_factory=PretrainedSet)
+
+    def __post_init__(self) -> None:
+        _check_ints(self, {"seed": 0, "seeds": 1})
+        counts = self.register_counts
+        if not (isinstance(counts, tuple) and len(counts) >= 3 and counts[0] == 0
+                and all(isinstance(c, int) and not isinstance(c, bool) for c in counts)
+                and all(a < b for a, b in zip(counts, counts[1:]))):
+            raise ConfigError(f"register_counts must be a rising tuple of >= 3 ints starting at 0 (the grid needs "
+                              f"counts between its ends), got {counts!r}")
+        RunConfig(self.model, self.data, self.train, self.seed)  # the parts must fit together
+
+    @property
+    def all_seeds(self) -> tuple[int, ...]:
+        """The training seeds of every compared run: ``seed``, ``seed + 1``, ... (``seeds`` of them)."""
+        return tuple(range(self.seed, self.seed + self.seeds))
+
+    def run(self, seed: int | None = None, **model_overrides: object) -> RunConfig:
+        """The :class:`RunConfig` of this profile with some model fields changed (``run(num_registers=4)``)."""
+        try:
+            model = replace(self.model, **model_overrides)  # type: ignore[arg-type]
+        except TypeError as e:
+            raise ConfigError(f"unknown ModelConfig field in {sorted(model_overrides)}: {e}") from e
+        return RunConfig(model, self.data, self.train, self.seed if seed is None else seed)
+
+
+def _profile(name: str, description: str, model: ModelConfig, data: ScenesConfig, train: TrainConfig,
+             seeds: int, counts: tuple[int, ...], pretrained: PretrainedSet) -> Profile:
+    return Profile(name, description, replace(model, num_classes=data.num_classes), data, train, seeds=seeds,
+                   register_counts=counts, pretrained=pretrained)
+
+
+# What each profile costs, measured, is in the README ("Profiles").
+PROFILES: dict[str, Profile] = {p.name: p for p in (
+    _profile("smoke", "CI and nbval: seconds per chapter on 2 CPU cores",
+             ModelConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2),
+             ScenesConfig(img_size=32, train_size=2_000, val_size=128, test_size=128),
+             TrainConfig(steps=20, batch_size=32, warmup_steps=2, eval_every=10, eval_images=64, stats_images=16,
+                         checkpoint_every=10), seeds=2, counts=(0, 1, 4),
+             pretrained=PretrainedSet(("dinov2-s", "dinov2-s-reg"), ("deit3-s",), ("dinov2-s",), 112, 16)),
+    _profile("cpu", "a laptop (the default): the whole book on 2 CPU cores",
+             ModelConfig(img_size=32, patch_size=4, embed_dim=64, depth=6, num_heads=4),
+             ScenesConfig(img_size=32, train_size=50_000, val_size=2_000, test_size=2_000),
+             TrainConfig(steps=300, batch_size=32, lr=2e-3, warmup_steps=30, eval_every=50, eval_images=512,
+                         stats_images=64, checkpoint_every=50), seeds=3, counts=(0, 1, 4, 16),
+             pretrained=PretrainedSet()),
+    _profile("gpu", "one data-centre GPU (planned, not yet measured)",
+             ModelConfig(img_size=64, patch_size=4, embed_dim=384, depth=12, num_heads=6),
+             ScenesConfig(img_size=64, train_size=1_000_000, val_size=5_000, test_size=5_000),
+             TrainConfig(steps=3_000, batch_size=512, lr=1e-3, warmup_steps=300, weight_decay=0.05, eval_every=250,
+                         eval_images=2_048, stats_images=64, checkpoint_every=500), seeds=3,
+             counts=(0, 1, 2, 4, 8, 16), pretrained=PretrainedSet(("dinov2-g", "dinov2-g-reg"), ("deit3-b", "deit3-l"),
+                                      ("dinov2-s", "dinov2-b", "dinov2-l", "dinov2-g"), 224, 1_000)),
+)}
+
+PROFILE_ENV_VAR = "REGVIT_PROFILE"
+
+
+def get_profile(name: str) -> Profile:
+    """Look a profile up by name (``smoke``, ``cpu``, ``gpu``); any other name raises, listing them."""
+    if name not in PROFILES:
+        raise ConfigError(f"unknown profile {name!r}; known profiles: {sorted(PROFILES)}")
+    return PROFILES[name]
+
+
+def default_profile_name() -> str:
+    """The profile a chapter runs when nobody injects one (nbval cannot): ``$REGVIT_PROFILE``, else ``cpu``."""
+    name = os.environ.get(PROFILE_ENV_VAR, "cpu").strip()
+    if name not in PROFILES:
+        raise ConfigError(f"environment variable {PROFILE_ENV_VAR}={name!r} names no profile; "
+                          f"known profiles: {sorted(PROFILES)}")
+    return name

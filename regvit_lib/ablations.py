@@ -38,10 +38,9 @@ from .timing import alternate, training_step
 from .probes import probe_summary
 from .train import TRAIN_CODE, TrainedRun, train
 
-__all__ = ["REGISTER_COUNTS", "positive_control_report", "grid_runs", "register_grid", "grid_summary", "register_throughput",
+__all__ = ["positive_control_report", "grid_runs", "register_grid", "grid_summary", "register_throughput",
            "at_resolution", "resolution_study", "grid_texts"]
 
-REGISTER_COUNTS = (0, 1, 2, 4, 8, 16)  # the paper's Fig. 8 (each profile's grid: Profile.register_counts)
 # The code a grid row depends on: the trained run's and the measurements'.
 _GRID_CODE = TRAIN_CODE + ("analysis.py", "probes.py", "measure.py", "flops.py", "ablations.py")
 

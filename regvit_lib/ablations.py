@@ -70,7 +70,7 @@ def positive_control_report(run: TrainedRun, data: ScenesConfig, images: int, la
     """
     def compute() -> dict[str, Any]:
         val = render_scenes(data, "val", np.arange(images))
-        natural, planted, positions = positive_control(run.model, val.image, val.label, layer)
+        natural, planted, positions = positive_control(run.vit, val.image, val.label, layer)
         found = {"natural": detect_outliers(natural, layer), "planted": detect_outliers(planted, layer)}
         return {"natural_share": found["natural"].share,
                 "found_all": found["planted"].positions() == [sorted(p) for p in positions.tolist()],
@@ -158,6 +158,7 @@ def at_resolution(model: RegViT, img_size: int, antialias: bool = True) -> RegVi
     state = model.state_dict()
     pos = resample_abs_pos_embed(state["pos_embed"], [cfg.grid_size] * 2, num_prefix_tokens=0, antialias=antialias)
     new.load_state_dict({**state, "pos_embed": pos})
+    assert isinstance(new, RegViT)
     return new.eval()
 
 
@@ -186,7 +187,7 @@ def _resolution_rows(runs: list[RunConfig], data: ScenesConfig, sizes: tuple[int
         for size in sizes:
             scenes = render_scenes(replace(data, img_size=size), "val", idx)
             for aa in (True, False):
-                m = at_resolution(run.model, size, antialias=aa)
+                m = at_resolution(run.vit, size, antialias=aa)
                 feats = collect(m, scenes.image, scenes.label, attn=False)
                 layer, g = peak_layer(feats), m.cfg.grid_size
                 out = detect_outliers(feats, layer, k)

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from .config import ModelConfig
 from .data import normalize
-from .model import Block, RegViT, split_tokens
+from .model import Block, Encoder, RegViT, split_tokens
 from .summaries import norm_ratio, received_attention, split_norms, studied_block
 
 __all__ = ["OUTLIER_K", "Features", "as_regvit", "collect", "block_tokens", "tokens_at", "norms_at", "ratio_per_layer",
@@ -50,9 +50,19 @@ OUTLIER_K = 4.0  # a patch token is an outlier above OUTLIER_K x its image's med
 
 
 def as_regvit(model: nn.Module) -> RegViT:
-    """Our model as is; a timm ``VisionTransformer`` converted exactly (same function)."""
+    """Our model as is; a timm ``VisionTransformer`` converted exactly (same function).
+
+    Raises:
+        ValueError: the timm model has forward (pre-)hooks, which the converted copy would drop silently.
+    """
     if isinstance(model, RegViT):
         return model
+    hooked = [name or "(the model itself)" for name, mod in model.named_modules()
+              if mod._forward_hooks or mod._forward_pre_hooks]
+    if hooked:
+        raise ValueError(f"the {type(model).__name__} has forward hooks on {', '.join(hooked)}, which converting "
+                         "it to a RegViT would silently drop; convert it first with as_regvit / regvit_from_timm "
+                         "and register the hooks on the converted model")
     from .timm_interop import regvit_from_timm
 
     return regvit_from_timm(model)  # type: ignore[arg-type]
@@ -104,7 +114,7 @@ def collect(model: nn.Module, images: Tensor, labels: Tensor | None = None, attn
     """
     if attn not in (True, False, "received"):
         raise ValueError(f"attn must be True, False or 'received', got {attn!r}")
-    m = as_regvit(model)
+    m = model if isinstance(model, Encoder) else as_regvit(model)  # chapter 5's methods are encoders too
     was_training = m.training
     m.eval()
     dev = next(m.parameters()).device
@@ -115,13 +125,14 @@ def collect(model: nn.Module, images: Tensor, labels: Tensor | None = None, attn
         blocks = out["blocks"].float()
         part = {"embed": out["embed"].float().cpu(), "final": out["tokens"].float().cpu(),
                 "norms": blocks.norm(dim=-1).cpu()}
-        if attn:
+        if attn and "attn" in out:  # a model without attention maps (Mamba, H-MHSA) has none to keep
             part["received"] = received_attention(out["attn"], m.cfg.num_prefix_tokens).cpu()
-        if attn is True:
+        if attn is True and "attn" in out:
             part["attn"] = out["attn"].float().cpu()
         if kept is None:
-            chosen = range(m.cfg.depth) if layers is None else layers(part["norms"]) if callable(layers) else layers
-            kept = tuple(sorted({_block_index(i, m.cfg.depth) for i in chosen}))
+            depth = blocks.shape[1]  # the blocks that hold every token (a method may drop the patches)
+            chosen = range(depth) if layers is None else layers(part["norms"]) if callable(layers) else layers
+            kept = tuple(sorted({_block_index(i, depth) for i in chosen}))
         part["blocks"] = blocks[:, list(kept)].cpu()
         parts.append(part)
     m.train(was_training)
@@ -139,7 +150,7 @@ def _block_index(layer: int, depth: int) -> int:
 
 def block_tokens(feats: Features, layer: int) -> Tensor:
     """``(B, T, D)``: the output tokens of one block (``-1``: the last), if :func:`collect` kept it."""
-    i = _block_index(layer, feats.cfg.depth)
+    i = _block_index(layer, feats.norms.shape[1])
     if i not in feats.layers:
         raise ValueError(f"block {layer} was not kept by collect(layers=...); kept: {feats.layers}")
     return feats.blocks[:, feats.layers.index(i)]
@@ -302,18 +313,20 @@ def pca_rgb(patch_tokens: Tensor, grid: int, components: int = 3) -> Tensor:
 
 
 @torch.no_grad()
-def lost_keys(model: nn.Module, feats: Features) -> Tensor:
-    """The last layer's attention *keys* of the patches, LOST's features (Simeoni et al. 2021).
+def lost_keys(model: nn.Module, feats: Features, block: int = -1) -> Tensor:
+    """The attention *keys* of the patches in one block (default: the last), LOST's features
+    (Simeoni et al. 2021).
 
     Returns:
         ``(B, N, D)``: the keys of all heads, concatenated.
     """
-    m = as_regvit(model)
+    m = model if isinstance(model, RegViT) else as_regvit(model)
     dev = next(m.parameters()).device
-    blk = m.blocks[-1]
+    b = _block_index(block, m.cfg.depth)
+    blk = m.blocks[b]
     assert isinstance(blk, Block)
-    # The last block's input: the previous block's output (or the embedded tokens).
-    x_in = block_tokens(feats, -2).to(dev) if m.cfg.depth > 1 else m._pos_embed(feats.embed.to(dev))
+    # The block's input: the previous block's output (or the embedded tokens).
+    x_in = block_tokens(feats, b - 1).to(dev) if b > 0 else m._pos_embed(feats.embed.to(dev))
     keys = blk.attn.qkv(blk.norm1(x_in)).chunk(3, dim=-1)[1]  # (B, T, D): the middle third of q, k, v
     return keys[:, m.cfg.num_prefix_tokens :].float().cpu()
 

@@ -14,10 +14,13 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, get_args
 
-__all__ = ["ConfigError", "ModelConfig", "VIT_SIZES", "vit_config", "SHAPES", "BACKGROUNDS", "SPLITS",
+__all__ = ["ConfigError", "ATTENTIONS", "Memory", "TokenLearner", "AViT", "Mamba", "Victor", "HMHSA", "Variant",
+           "ModelConfig", "VIT_SIZES", "vit_config", "SHAPES", "BACKGROUNDS", "SPLITS",
            "ScenesConfig", "FractalConfig", "ImageData", "DataConfig", "TrainConfig", "RunConfig"]
 
 PoolKind = Literal["token", "avg"]
+AttentionKind = Literal["softmax", "off_by_one", "kv_bias", "gated"]
+ATTENTIONS: tuple[str, ...] = get_args(AttentionKind)
 MlpKind = Literal["gelu", "swiglu"]
 Split = Literal["train", "val", "test"]
 Switch = Literal["auto", "on", "off"]
@@ -55,6 +58,129 @@ def _check_range(name: str, value: object, lo: float, hi: float, hi_open: bool =
         raise ConfigError(f"{name} must be {span}, got {value!r}")
 
 
+# --- The methods chapter 5 compares with registers: each a variant of the ViT below (regvit_lib.variants). ---
+
+@dataclass(frozen=True)
+class Memory:
+    """Memory tokens (Burtsev et al. 2020): the registers get a position embedding each and are kept at
+    the output, where the head reads the mean of [CLS] and them -- what registers do *not* do."""
+
+    kind: Literal["memory"] = "memory"
+
+    def check(self, cfg: ModelConfig) -> None:
+        if cfg.num_registers < 1:
+            raise ConfigError("variant Memory needs num_registers >= 1 (the memory tokens)")
+
+
+@dataclass(frozen=True)
+class TokenLearner:
+    """TokenLearner v1.1 (Ryoo et al. 2021): before block ``block``, ``tokens`` weighted sums of the
+    patch tokens replace them; with ``fuser`` (TokenFuser) every later block maps them back onto the grid."""
+
+    tokens: int = 8  # S, the learned tokens
+    block: int = 3  # the module runs just before this block (blocks 0 .. block-1 see every patch)
+    fuser: bool = False
+    bottleneck: int = 64  # hidden width of the per-token MLP that makes the S maps
+    kind: Literal["tokenlearner"] = "tokenlearner"
+
+    def check(self, cfg: ModelConfig) -> None:
+        _check_ints(self, {"tokens": 1, "block": 1, "bottleneck": 1})
+        if self.tokens >= cfg.num_patches:
+            raise ConfigError(f"TokenLearner tokens={self.tokens} must be fewer than the {cfg.num_patches} patches")
+        if self.block >= cfg.depth:
+            raise ConfigError(f"TokenLearner block={self.block} must lie inside the depth (1 .. {cfg.depth - 1})")
+        if cfg.class_token or cfg.num_registers or cfg.global_pool != "avg":
+            raise ConfigError("TokenLearner pools its tokens (global_pool='avg') and has no [CLS] or registers")
+
+
+@dataclass(frozen=True)
+class AViT:
+    """A-ViT (Yin et al. 2022): after each block a token halts once the running sum of
+    h = sigmoid(gate_scale * x[..., 0] - gate_center) passes 1 - eps; a ponder loss and a prior on
+    the halting depth (a Gaussian at ``prior_depth`` blocks) are added to the training loss."""
+
+    gate_scale: float = 10.0
+    gate_center: float = 10.0  # A-ViT uses 30 / 75 on pretrained DeiT; our tokens are smaller
+    eps: float = 0.01
+    ponder: float = 5e-4  # weight of the mean ponder cost (blocks run + remainder)
+    prior: float = 0.1  # weight of the KL to the halting-depth prior (A-ViT: 1e-3 at 12 blocks, ImageNet)
+    prior_depth: float = 0.0  # mean of the prior, in blocks; 0 = two thirds of the depth
+    kind: Literal["avit"] = "avit"
+
+    def check(self, cfg: ModelConfig) -> None:
+        for name in ("gate_scale", "gate_center", "ponder", "prior", "prior_depth"):
+            _check_range(name, getattr(self, name), -math.inf if name == "gate_center" else 0.0, math.inf)
+        _check_range("eps", self.eps, 0.0, 1.0)
+        if self.prior_depth > cfg.depth:
+            raise ConfigError(f"AViT prior_depth={self.prior_depth} is deeper than the model ({cfg.depth} blocks)")
+        if not cfg.class_token or cfg.global_pool != "token":
+            raise ConfigError("AViT classifies from [CLS] (class_token=True, global_pool='token')")
+
+    def target_depth(self, depth: int) -> float:
+        return self.prior_depth or 2 * depth / 3
+
+
+@dataclass(frozen=True)
+class Mamba:
+    """Vision Mamba (Zhu et al. 2024): bidirectional selective-scan blocks instead of attention, [CLS] in
+    the middle of the sequence. With registers and no [CLS] it is Mamba-R (Wang et al. 2025): the
+    registers are spread evenly among the patches and the head reads all of them."""
+
+    d_state: int = 16  # N, the state size per channel
+    expand: int = 2  # E = expand * D inner channels
+    d_conv: int = 4  # causal depthwise convolution before the scan
+    kind: Literal["mamba"] = "mamba"
+
+    def check(self, cfg: ModelConfig) -> None:
+        _check_ints(self, {"d_state": 1, "expand": 1, "d_conv": 1})
+        if cfg.attention != "softmax":
+            raise ConfigError(f"Mamba has no attention to change (attention={cfg.attention!r})")
+        if cfg.class_token == bool(cfg.num_registers):
+            raise ConfigError("Mamba needs either a [CLS] token (Vim) or registers without one (Mamba-R), "
+                              f"got class_token={cfg.class_token}, num_registers={cfg.num_registers}")
+        if cfg.global_pool != ("token" if cfg.class_token else "avg"):
+            raise ConfigError("Mamba's head reads [CLS] (global_pool='token') or, in Mamba-R, every register "
+                              "(global_pool='avg' names it)")
+
+
+@dataclass(frozen=True)
+class Victor:
+    """Victor-style summarisation (Wen et al. 2024), moved from a VLM to a ViT: the first ``block`` blocks
+    see every token, then the patches are dropped and only [CLS] and the registers go on."""
+
+    block: int = 2
+    kind: Literal["victor"] = "victor"
+
+    def check(self, cfg: ModelConfig) -> None:
+        _check_int("block", self.block, 1)
+        if self.block >= cfg.depth:
+            raise ConfigError(f"Victor block={self.block} must lie inside the depth (1 .. {cfg.depth - 1})")
+        if cfg.num_registers < 1 or not cfg.class_token or cfg.global_pool != "token":
+            raise ConfigError("Victor needs registers to summarise into and a [CLS] token the head reads")
+
+
+@dataclass(frozen=True)
+class HMHSA:
+    """H-MHSA (Liu et al., HAT-Net): attention inside ``window`` x ``window`` windows of the patch grid,
+    then every token attends to the grid average-pooled by ``pool``. Patches only: no [CLS], mean pooling."""
+
+    window: int = 4
+    pool: int = 4
+    kind: Literal["hmhsa"] = "hmhsa"
+
+    def check(self, cfg: ModelConfig) -> None:
+        _check_ints(self, {"window": 1, "pool": 1})
+        for name, size in (("window", self.window), ("pool", self.pool)):
+            if cfg.grid_size % size:
+                raise ConfigError(f"H-MHSA {name}={size} does not divide the {cfg.grid_size}x{cfg.grid_size} patch grid")
+        if cfg.class_token or cfg.num_registers or cfg.global_pool != "avg" or cfg.attention != "softmax":
+            raise ConfigError("H-MHSA runs on the patch grid alone: no [CLS] or registers, global_pool='avg', "
+                              "softmax attention")
+
+
+Variant = Memory | TokenLearner | AViT | Mamba | Victor | HMHSA
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """A ViT with optional [CLS] and registers: tokens ``[cls, reg_1 .. reg_R, patch_1 .. patch_N]``,
@@ -76,6 +202,8 @@ class ModelConfig:
     layer_scale_init: float | None = None  # LayerScale gamma init (DeiT-III 1e-4, DINOv2 1e-5)
     drop_path_rate: float = 0.0  # stochastic depth, same rate in every block (DeiT-III)
     norm_eps: float = 1e-6
+    attention: AttentionKind = "softmax"  # or a head that can do nothing: see regvit_lib.model.Attention
+    variant: Variant | None = None  # one of the compared methods above; None = the ViT itself
 
     def __post_init__(self) -> None:
         _check_ints(self, {"img_size": 1, "patch_size": 1, "in_chans": 1, "num_classes": 0, "embed_dim": 1,
@@ -98,6 +226,12 @@ class ModelConfig:
         _check_range("drop_path_rate", self.drop_path_rate, 0.0, 1.0)
         if not self.norm_eps > 0:
             raise ConfigError(f"norm_eps must be > 0, got {self.norm_eps!r}")
+        _check_choice("attention", self.attention, AttentionKind)
+        if self.variant is not None:
+            if not isinstance(self.variant, get_args(Variant)):
+                raise ConfigError(f"variant must be one of {[v.__name__ for v in get_args(Variant)]} or None, "
+                                  f"got {self.variant!r}")
+            self.variant.check(self)
 
     @property
     def grid_size(self) -> int:

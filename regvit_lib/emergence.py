@@ -45,7 +45,7 @@ from .profiles import Profile, get_profile
 from .data import make_source
 from .scenes import background_patches, render_scenes
 from .summaries import RATIO_BINS, studied_block
-from .train import TRAIN_CODE, TrainedRun, train
+from .train import TRAIN_CODE, TrainedRun, run_store, train
 
 __all__ = ["study_points", "run_study", "study_row", "study_table", "load_study", "stored_study", "headline",
            "headline_texts", "COMPUTE_AXES", "STUDY_DIR", "main"]
@@ -215,7 +215,7 @@ def stored_study(profile: str, folder: Path | str = STUDY_DIR,
     runs = {label: run for _, label, run in study_points(get_profile(doc["profile"]))}
     rows, replaced = [], []
     for r in doc["rows"]:
-        store = Store("runs", runs[r["label"]], TRAIN_CODE, root) if r["label"] in runs else None
+        store = run_store(runs[r["label"]], root) if r["label"] in runs else None
         if store is not None and store.key[:24] == r["key"] and store.result_path.is_file():
             run, axis, label = runs[r["label"]], r["axis"], r["label"]
             rebuilt = cached("study-row", dict(run=run, axis=axis, label=label, k=doc["k"]), _ROW_CODE,

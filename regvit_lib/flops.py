@@ -17,19 +17,29 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .cache import cached
-from .config import ModelConfig, vit_config
+from .config import Mamba, ModelConfig, vit_config
 from .model import build_model, count_parameters
 
 __all__ = ["count_flops", "register_overhead_table", "overhead_summary"]
 
 
 def count_flops(cfg: ModelConfig, batch_size: int = 1) -> int:
-    """Forward-pass FLOPs of the model ``cfg`` on ``batch_size`` images (counted, not estimated)."""
+    """Forward-pass FLOPs of the model ``cfg`` on ``batch_size`` images (counted, not estimated).
+
+    A Vision Mamba's selective scans are element-wise work the counter does not see; their count is
+    added by formula (:func:`regvit_lib.mamba.scan_flops`). An A-ViT is counted at full depth, every
+    token running every block: its cost at the depth it learned is measured in :mod:`regvit_lib.compare`.
+    """
     model = build_model(cfg, device="meta").eval()
     x = torch.empty(batch_size, cfg.in_chans, cfg.img_size, cfg.img_size, device="meta")
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x)
-    return int(counter.get_total_flops())
+    scans = 0
+    if isinstance(cfg.variant, Mamba):
+        from .mamba import scan_flops
+
+        scans = batch_size * scan_flops(cfg)
+    return int(counter.get_total_flops()) + scans
 
 
 def register_overhead_table(sizes: Sequence[str] = ("Ti", "S", "B", "L", "g"), registers: Sequence[int] = (0, 4, 16),

@@ -106,7 +106,7 @@ def load_subject(profile: Profile, registers: int = 0, pretrained: str | None = 
     name = f"{profile.name}, {registers} register{'s' * (registers != 1)}{extra}"
     scenes = render_scenes(profile.data, "val", np.arange(min(images, profile.data.val_size)))
     feats = collect(run.model, scenes.image, scenes.label, attn=True, batch_size=32)
-    return Subject(name, profile.name, lambda: run.model, feats, scenes, profile.data, peak_layer(feats), run,
+    return Subject(name, profile.name, lambda: run.vit, feats, scenes, profile.data, peak_layer(feats), run,
                    scenes.image[:4], count_parameters(run.model), f"{run.key}/{len(scenes.image)}", run.config.seed)
 
 

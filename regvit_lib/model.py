@@ -22,36 +22,74 @@ from torch import Tensor, nn
 
 from .config import ModelConfig
 
-__all__ = ["Attention", "Mlp", "SwiGLU", "LayerScale", "DropPath", "Block", "RegViT",
+__all__ = ["Encoder", "Attention", "Mlp", "SwiGLU", "LayerScale", "DropPath", "Block", "RegViT",
            "build_model", "patchify", "split_tokens", "count_parameters"]
 
 
 class Attention(nn.Module):
     """Multi-head self-attention, softmax(Q K^T / sqrt(d)) V, per head.
 
+    ``kind`` gives a head a way to attend to *nothing* without a sink token (chapter 5):
+
+    * ``"softmax"``: plain attention; every row of weights sums to 1.
+    * ``"off_by_one"``: softmax with a 1 added to the denominator (Miller 2023), the same as one
+      more key with logit 0 and value 0; a row may sum to less than 1.
+    * ``"kv_bias"``: one learned key and value per head that every query may attend to (Sun et al.
+      2024, "Massive activations"); the bias key's weight is left out of the returned maps.
+    * ``"gated"``: a sigmoid gate per head and token, computed from the block's input, scales the
+      head's output before the projection (Qiu et al. 2025, head-wise G1).
+
     The fast path is :func:`torch.nn.functional.scaled_dot_product_attention`; it cannot
-    return the attention weights, so ``return_attn=True`` takes the explicit softmax path.
+    return the attention weights, so ``return_attn=True`` takes the explicit softmax path. The
+    returned maps are the weights on the real tokens: with ``off_by_one`` and ``kv_bias`` each row
+    sums to 1 minus the weight on the extra slot.
     """
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, kind: str = "softmax") -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
+        self.kind = kind
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
+        if kind == "kv_bias":
+            self.k_bias = nn.Parameter(0.02 * torch.randn(1, num_heads, 1, self.head_dim))
+            self.v_bias = nn.Parameter(0.02 * torch.randn(1, num_heads, 1, self.head_dim))
+        if kind == "gated":
+            self.gate = nn.Linear(dim, num_heads)
 
-    def forward(self, x: Tensor, return_attn: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x: Tensor, return_attn: bool = False,
+                key_bias: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """``key_bias`` (B, 1, 1, N), if given, is added to every head's logits (A-ViT masks halted keys)."""
         B, N, D = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, hd)
+        gate = torch.sigmoid(self.gate(x))[..., None] if self.kind == "gated" else None  # (B, N, H, 1)
+        extra = 0
+        if self.kind == "kv_bias":  # the bias key and value go first
+            k = torch.cat([self.k_bias.expand(B, -1, -1, -1), k], dim=2)
+            v = torch.cat([self.v_bias.expand(B, -1, -1, -1), v], dim=2)
+            extra = 1
+            if key_bias is not None:
+                key_bias = F.pad(key_bias, (1, 0))
         attn = None
-        if return_attn:
-            attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, N, N)
-            x = attn @ v  # (B, H, N, hd)
+        if return_attn or self.kind == "off_by_one":
+            logits = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, N, extra + N)
+            if key_bias is not None:
+                logits = logits + key_bias
+            if self.kind == "off_by_one":  # a zero logit whose value is zero
+                weights = torch.cat([logits.new_zeros(logits.shape[:-1] + (1,)), logits], -1).softmax(-1)[..., 1:]
+            else:
+                weights = logits.softmax(dim=-1)
+            x = weights @ v  # (B, H, N, hd)
+            attn = weights[..., extra:] if return_attn else None  # (B, H, N, N)
         else:
-            x = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, hd)
-        x = x.transpose(1, 2).reshape(B, N, D)  # (B, N, D)
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias)  # (B, H, N, hd)
+        x = x.transpose(1, 2)  # (B, N, H, hd)
+        if gate is not None:
+            x = x * gate
+        x = x.reshape(B, N, D)
         return self.proj(x), attn
 
 
@@ -122,14 +160,15 @@ class Block(nn.Module):
             return DropPath(cfg.drop_path_rate) if cfg.drop_path_rate > 0 else nn.Identity()
 
         self.norm1 = nn.LayerNorm(dim, eps=cfg.norm_eps)
-        self.attn = Attention(dim, cfg.num_heads, cfg.qkv_bias)
+        self.attn = Attention(dim, cfg.num_heads, cfg.qkv_bias, cfg.attention)
         self.ls1, self.drop_path1 = scale(), drop()
         self.norm2 = nn.LayerNorm(dim, eps=cfg.norm_eps)
         self.mlp = mlp_cls(dim, cfg.mlp_hidden_dim)
         self.ls2, self.drop_path2 = scale(), drop()
 
-    def forward(self, x: Tensor, return_attn: bool = False) -> tuple[Tensor, Tensor | None]:
-        y, attn = self.attn(self.norm1(x), return_attn)
+    def forward(self, x: Tensor, return_attn: bool = False,
+                key_bias: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        y, attn = self.attn(self.norm1(x), return_attn, key_bias)
         x = x + self.drop_path1(self.ls1(y))
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         return x, attn
@@ -177,7 +216,44 @@ def split_tokens(x: Tensor, class_token: bool, num_registers: int) -> dict[str, 
     return out
 
 
-class RegViT(nn.Module):
+class Encoder(nn.Module):
+    """What the training loop, the cache, the summaries and the probes need of a model.
+
+    :class:`RegViT` is the book's model; the methods of chapter 5 (:mod:`regvit_lib.variants`,
+    :mod:`regvit_lib.mamba`) are encoders too. ``forward_features`` returns the tokens in one
+    layout, ``[cls, reg_1 .. reg_R, patch_1 .. patch_N]``, whatever order the model runs them in:
+    ``tokens`` (final-normed), ``cls`` / ``reg`` / ``patch``; with ``return_blocks`` ``embed`` and
+    ``blocks`` (B, L, T, D) for the blocks that still hold every token (a method that drops the
+    patches returns fewer than ``depth``); with ``return_attn`` ``attn`` (B, L, H, T, T) where the
+    model has attention maps. The patches a dense probe reads are ``patch``.
+    """
+
+    cfg: ModelConfig
+    num_prefix_tokens: int
+    head: nn.Module
+    aux_loss: Tensor | None = None  # a training-loss term the last forward pass computed (A-ViT)
+
+    def forward_features(self, x: Tensor, return_blocks: bool = False,
+                         return_attn: bool = False) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def pool(self, feats: dict[str, Tensor]) -> Tensor:
+        """The image representation the head reads."""
+        raise NotImplementedError
+
+    def forward_head(self, feats: dict[str, Tensor], pre_logits: bool = False) -> Tensor:
+        x = self.pool(feats)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names kept out of weight decay besides biases and norms (timm's convention)."""
+        return {n for n, _ in self.named_parameters() if "token" in n or "pos_embed" in n or n.endswith(("k_bias", "v_bias"))}
+
+
+class RegViT(Encoder):
     """Vision Transformer with optional [CLS] and register tokens.
 
     Args:
@@ -248,7 +324,7 @@ class RegViT(nn.Module):
         if return_blocks:
             out["embed"] = embed
             out["blocks"] = torch.stack(blocks, dim=1)  # (B, depth, T, D)
-        if return_attn:
+        if return_attn and attns:  # (H-MHSA has no attention map to return)
             out["attn"] = torch.stack(attns, dim=1)  # (B, depth, H, T, T)
         return out
 
@@ -256,16 +332,10 @@ class RegViT(nn.Module):
         """The image representation the head reads: [CLS], or the mean of the patch tokens."""
         return feats["cls"] if self.cfg.global_pool == "token" else feats["patch"].mean(dim=1)
 
-    def forward_head(self, feats: dict[str, Tensor], pre_logits: bool = False) -> Tensor:
-        x = self.pool(feats)  # (B, D)
-        return x if pre_logits else self.head(x)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-def build_model(cfg: ModelConfig, seed: int = 0, device: str | torch.device = "cpu") -> RegViT:
-    """Build a :class:`RegViT` whose initial weights depend only on ``cfg`` and ``seed``.
+def build_model(cfg: ModelConfig, seed: int = 0, device: str | torch.device = "cpu") -> Encoder:
+    """Build the model of ``cfg`` (a :class:`RegViT`, or the variant it names) whose initial weights
+    depend only on ``cfg`` and ``seed``.
 
     The global RNG state is left as it was. ``device="meta"`` builds a shape-only model
     (no memory), which is how the FLOP counts of ViT-g are taken on a laptop.
@@ -273,7 +343,11 @@ def build_model(cfg: ModelConfig, seed: int = 0, device: str | torch.device = "c
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         with torch.device(device):
-            return RegViT(cfg)
+            if cfg.variant is None:
+                return RegViT(cfg)
+            from .variants import build_variant  # the compared methods build on this module
+
+            return build_variant(cfg)
 
 
 def count_parameters(model: nn.Module) -> int:

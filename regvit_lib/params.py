@@ -25,6 +25,8 @@ PARAMS: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "probe_images": ((int,), lambda v: v >= 8, "an integer >= 8"),
     "k": ((int, float), lambda v: math.isfinite(v) and v > 1, "a number > 1"),
     "rerun_study": ((bool,), lambda v: True, "True or False"),
+    "rerun": ((bool,), lambda v: True, "True or False"),
+    "seeds": ((int, type(None)), lambda v: v is None or v >= 2, "None (the profile's) or an integer >= 2"),
 }
 
 

@@ -25,7 +25,7 @@ from .scenes import SceneBatch, background_patches
 __all__ = ["use_style", "TOKEN_COLORS", "patch_grid", "token_layout", "register_overhead", "scenes_grid",
            "scene_labels", "training_curves", "norm_histogram", "norms_per_layer", "attention_maps",
            "neighbour_similarity", "emergence", "sinks_per_layer", "norms_vs_size", "register_ablation",
-           "resolution_maps"]
+           "resolution_maps", "accuracy_vs_flops", "summary_maps"]
 
 # One colour per token kind, used by every figure of the book.
 TOKEN_COLORS = {"cls": "#d62728", "reg": "#2ca02c", "patch": "#1f77b4"}
@@ -372,6 +372,70 @@ def resolution_maps(study: pd.DataFrame) -> Figure:
             _show(axes[i, j], np.asarray(row["mean_map"]), cmap="magma")
             axes[i, j].set_title(f"{size} px, {'antialiased' if aa else 'no antialias'}\n"
                                  f"stripe {row['stripe']:.2f}", fontsize=8)
+    return fig
+
+
+def accuracy_vs_flops(rows: pd.DataFrame, ax: plt.Axes | None = None) -> Figure:
+    """Chapter 5: test accuracy against forward GFLOPs per image, one point per method (mean, with the
+    seeds' sd as bars), coloured by the strongest sink's mass; hollow grey: no attention map to measure.
+
+    Args:
+        rows: one row per method and seed with ``label``, ``gflops``, ``test_acc``, ``sink_mass``.
+    """
+    fig, ax = _fig_ax(ax, (7.5, 4.6))
+    g = rows.groupby("label", sort=False).agg(gflops=("gflops", "mean"), acc=("test_acc", "mean"),
+                                              acc_sd=("test_acc", "std"), flops_sd=("gflops", "std"),
+                                              sink=("sink_mass", "mean"))
+    norm = plt.Normalize(0.0, 1.0)
+    cmap = plt.get_cmap("viridis")
+    for label, r in g.iterrows():
+        has = bool(np.isfinite(r["sink"]))
+        ax.errorbar(r["gflops"], r["acc"], xerr=np.nan_to_num(r["flops_sd"]), yerr=np.nan_to_num(r["acc_sd"]),
+                    fmt="o", ms=8, color=cmap(norm(r["sink"])) if has else "grey", mfc=None if has else "none",
+                    ecolor="0.6", elinewidth=1, capsize=2)
+    _label_points(ax, [(str(label), r["gflops"], r["acc"]) for label, r in g.iterrows()])
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="strongest sink: share of attention")
+    ax.set(xlabel="forward GFLOPs per image (A-ViT: at the depth it learned)", ylabel="test accuracy")
+    return fig
+
+
+def _label_points(ax: plt.Axes, points: list[tuple[str, float, float]], size: float = 7.0) -> None:
+    """Name each point with the first of four nearby spots whose text box overlaps no label placed before."""
+    ax.figure.canvas.draw()  # the data-to-pixel transform is fixed from here
+    placed: list[tuple[float, float, float, float]] = []
+    for text, x, y in points:
+        px, py = ax.transData.transform((x, y))
+        w, h = 0.62 * size * len(text), 1.4 * size  # the text box in pixels, roughly
+        for dx, dy, ha in ((7, 2, "left"), (7, -h, "left"), (-7, 2, "right"), (-7, -h, "right")):
+            x0 = px + dx - (w if ha == "right" else 0)
+            box = (x0, py + dy, x0 + w, py + dy + h)
+            if not any(b[0] < box[2] and box[0] < b[2] and b[1] < box[3] and box[1] < b[3] for b in placed):
+                break
+        placed.append(box)
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx * 72 / ax.figure.dpi, dy * 72 / ax.figure.dpi),
+                    fontsize=size, ha=ha)
+
+
+def summary_maps(images: Tensor, maps: dict[str, tuple[Sequence[Any], str]]) -> Figure:
+    """Chapter 5's small multiples: the same images, then one row per method with its map of each.
+
+    Args:
+        images: ``(b, 3, H, W)``.
+        maps: method label -> (``(b, g, g)`` nested lists, what the map shows).
+    """
+    cols = len(images)
+    rows = 1 + len(maps)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols + 2.4, 1.0 * rows), layout="constrained",
+                             squeeze=False)
+    for c in range(cols):
+        _image(axes[0, c], images[c])
+        for r, (m, _) in enumerate(maps.values(), start=1):
+            _show(axes[r, c], np.asarray(m[c], dtype=float), cmap="viridis")
+    axes[0, 0].set_ylabel("image", fontsize=7)
+    for r, (label, (_, what)) in enumerate(maps.items(), start=1):
+        axes[r, 0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+        axes[r, -1].yaxis.set_label_position("right")
+        axes[r, -1].set_ylabel(what, fontsize=6, rotation=0, ha="left", va="center")
     return fig
 
 

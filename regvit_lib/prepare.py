@@ -26,10 +26,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .cache import Store
 from .config import RunConfig
 from .profiles import Profile, default_profile_name, get_profile
-from .train import TRAIN_CODE, train
+from .train import run_store, train
 
 __all__ = ["book_runs", "run_cost", "train_all", "prepare", "main"]
 
@@ -92,7 +91,7 @@ def train_all(runs: list[RunConfig], workers: int | None = None, root: Path | st
     workers = (1 if dev == "cuda" else cores) if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
-    stores = {run: Store("runs", run, TRAIN_CODE, root) for run in runs}
+    stores = {run: run_store(run, root) for run in runs}
     results: dict[RunConfig, dict[str, Any]] = {
         run: {"key": st.key, "cached": True, "seconds": 0.0, "train_seconds": None}
         for run, st in stores.items() if st.result_path.is_file()}

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data import DataSource, normalize
-from .model import RegViT
+from .model import Encoder
 
 __all__ = ["DinoHead", "Dino", "two_views", "dino_loss", "knn_accuracy"]
 
@@ -108,7 +108,7 @@ class Dino:
 
     _PARTS = ("head", "teacher", "teacher_head")  # the modules a checkpoint keeps (with the centre)
 
-    def __init__(self, model: RegViT, dim: int, momentum: float, steps: int,
+    def __init__(self, model: Encoder, dim: int, momentum: float, steps: int,
                  forward: Callable[[Tensor], Tensor] | None = None) -> None:
         self.student = model
         self.forward = forward or model  # the compiled student, on a GPU
@@ -152,7 +152,7 @@ class Dino:
 
 
 @torch.no_grad()
-def _pooled(model: RegViT, source: DataSource, split: str, n: int, batch_size: int,
+def _pooled(model: Encoder, source: DataSource, split: str, n: int, batch_size: int,
             device: torch.device) -> tuple[Tensor, Tensor]:
     feats, labels = [], []
     for start in range(0, n, batch_size):
@@ -164,7 +164,7 @@ def _pooled(model: RegViT, source: DataSource, split: str, n: int, batch_size: i
 
 
 @torch.no_grad()
-def knn_accuracy(model: RegViT, source: DataSource, split: str, num_images: int, bank_images: int,
+def knn_accuracy(model: Encoder, source: DataSource, split: str, num_images: int, bank_images: int,
                  batch_size: int, device: torch.device, k: int = 20, temperature: float = 0.07) -> float:
     """Weighted k-NN accuracy on ``split`` with the first ``bank_images`` training images as the bank."""
     was_training = model.training

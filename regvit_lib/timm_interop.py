@@ -123,6 +123,7 @@ def regvit_from_timm(model: "VisionTransformer") -> RegViT:
     cfg = config_from_timm(model)
     ref = next(model.parameters())
     ours = build_model(cfg, device="meta").to_empty(device=ref.device).to(ref.dtype)
+    assert isinstance(ours, RegViT)
     ours.load_state_dict(timm_to_regvit_state_dict(model.state_dict(), cfg), strict=True)
     return ours.eval()
 

@@ -39,22 +39,35 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .cache import CacheCorruptError, Store, set_aside
-from .config import RunConfig, TrainConfig
+from .config import Mamba, ModelConfig, RunConfig, TrainConfig
 from .data import DataSource, batch_indices, make_source, normalize
-from .model import RegViT, build_model, count_parameters
+from .model import Encoder, RegViT, build_model, count_parameters
 from .selfsup import Dino, knn_accuracy
 from .summaries import norm_summary, received_attention, sink_summary, token_norms
 
-__all__ = ["TrainedRun", "get_lr", "train", "evaluate", "TRAIN_CODE"]
+__all__ = ["TrainedRun", "get_lr", "train", "evaluate", "TRAIN_CODE", "run_code", "run_store"]
 
 # The modules whose code decides what a trained run contains: part of every run's cache key.
 TRAIN_CODE = ("config.py", "model.py", "scenes.py", "data.py", "train.py", "selfsup.py", "summaries.py")
+
+
+def run_code(cfg: ModelConfig) -> tuple[str, ...]:
+    """The code in a run's key: :data:`TRAIN_CODE`, and the module of its variant if it has one
+    (editing a compared method retrains that method's runs, not the book's ViTs)."""
+    if cfg.variant is None:
+        return TRAIN_CODE
+    return TRAIN_CODE + ("variants.py",) + (("mamba.py",) if isinstance(cfg.variant, Mamba) else ())
+
+
+def run_store(run: RunConfig, root: Path | str | None = None) -> Store:
+    """The cache entry of a trained run."""
+    return Store("runs", run, run_code(run.model), root)
 
 @dataclass
 class TrainedRun:
     """A trained model with everything measured while it trained."""
 
-    model: RegViT
+    model: Encoder
     config: RunConfig
     key: str
     metrics: dict[str, Any]  # final numbers: accuracies, losses, timings, FLOPs
@@ -62,6 +75,13 @@ class TrainedRun:
     path: Path  # the run's folder in the cache
     cached: bool  # loaded from the cache rather than trained now
     seconds: float  # wall time of this call (training or loading)
+
+    @property
+    def vit(self) -> RegViT:
+        """The model as the book's ViT; a compared method that is not one raises ``TypeError``."""
+        if not isinstance(self.model, RegViT):
+            raise TypeError(f"run {self.key[:8]} is a {type(self.model).__name__}, not a RegViT")
+        return self.model
 
 
 def get_lr(step: int, cfg: TrainConfig) -> float:
@@ -102,7 +122,7 @@ def _loss(logits: Tensor, target: Tensor, kind: str) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: RegViT, source: DataSource, split: str, num_images: int, batch_size: int,
+def evaluate(model: Encoder, source: DataSource, split: str, num_images: int, batch_size: int,
              device: torch.device, stats_images: int = 0, knn_images: int = 2_048) -> dict[str, Any]:
     """Loss and top-1 accuracy on the first ``num_images`` of ``split``, and optionally the
     per-layer norm/sink summaries of the first ``stats_images`` of them.
@@ -129,7 +149,8 @@ def evaluate(model: RegViT, source: DataSource, split: str, num_images: int, bat
         x, _ = source.batch(split, np.arange(min(stats_images, n)), device)
         feats = model.forward_features(normalize(x), return_blocks=True, return_attn=True)
         out["norms"] = norm_summary({k: v.cpu() for k, v in token_norms(feats["blocks"], model.cfg).items()})
-        out["sinks"] = sink_summary(received_attention(feats["attn"], model.cfg.num_prefix_tokens).cpu(), model.cfg)
+        out["sinks"] = (sink_summary(received_attention(feats["attn"], model.cfg.num_prefix_tokens).cpu(), model.cfg)
+                        if "attn" in feats else None)  # a model without attention maps (Mamba, H-MHSA)
     model.train(was_training)
     return out
 
@@ -156,7 +177,7 @@ def train(run: RunConfig, *, root: Path | str | None = None, device: str | torch
     t0 = time.perf_counter()
     dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     show = progress if progress is not None else os.environ.get("REGVIT_PROGRESS", "1") != "0"
-    store = Store("runs", run, TRAIN_CODE, root)
+    store = run_store(run, root)
     stored = store.load_or_set_aside(weights=True)  # a run's entry without its weights is corrupt
     if stored is not None and (state := stored[1]) is not None:
         result = stored[0]
@@ -181,7 +202,8 @@ def _fit(run: RunConfig, store: Store, dev: torch.device, show: bool,
     dino = Dino(model, cfg.dino_dim, cfg.dino_momentum, cfg.steps, step_fn) if cfg.objective == "dino" else None
     named = list(model.named_parameters()) + ([] if dino is None else list(dino.head.named_parameters(prefix="dino")))
     # Weight decay on the matrices only: not on biases, norms, LayerScale, tokens or positions.
-    decayed = {n: p.ndim >= 2 and "token" not in n and "pos_embed" not in n for n, p in named}
+    skip = model.no_weight_decay()
+    decayed = {n: p.ndim >= 2 and n not in skip for n, p in named}
     opt = torch.optim.AdamW([
         {"params": [p for n, p in named if decayed[n]], "weight_decay": cfg.weight_decay},
         {"params": [p for n, p in named if not decayed[n]], "weight_decay": 0.0},
@@ -235,6 +257,8 @@ def _fit(run: RunConfig, store: Store, dev: torch.device, show: bool,
             if dino is None:
                 logits = step_fn(normalize(x))
                 loss = _loss(logits.float(), target, cfg.loss)
+                if model.aux_loss is not None:  # a method's own training term (A-ViT's ponder cost and prior)
+                    loss = loss + model.aux_loss
             else:
                 loss = dino.loss(x, gen)  # two views of x; labels unused
         opt.zero_grad(set_to_none=True)

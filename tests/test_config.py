@@ -110,7 +110,9 @@ def test_profile_register_grid_is_validated(counts) -> None:
     (dict(pretrained="dinov3"), r"parameter pretrained='dinov3' \(str\) is not True \(the profile's pretrained models\), False or one of"),
     (dict(profile="laptop"), r"parameter profile='laptop' \(str\) is not one of \['cpu', 'gpu', 'smoke'\]"),
     (dict(profile=None), r"parameter profile=None \(NoneType\)"),
-    (dict(rerun=True), r"unknown chapter parameter 'rerun'"),
+    (dict(rerun_everything=True), r"unknown chapter parameter 'rerun_everything'"),
+    (dict(seeds=1), r"parameter seeds=1 \(int\) is not None \(the profile's\) or an integer >= 2"),
+    (dict(rerun="yes"), r"parameter rerun='yes' \(str\) is not True or False"),
     (dict(pretrained="deit3-b"), r"parameter pretrained='deit3-b' has no twin"),
     (dict(pretrained=None), r"parameter pretrained=None \(NoneType\) is not True"),
 ])

@@ -230,3 +230,18 @@ def test_chapters_2_and_3_run_their_pretrained_sections_on_local_weights(weights
     assert set(record) == {f"C{i}" for i in range(1, 9)}  # chapter 2's C1-C5 and chapter 3's C6-C8
     assert {e["scale"] for e in record.values()} == {"pretrained"}
     assert json.loads((tmp_path / "cache" / "claims" / "smoke-deit3-s.json").read_text())["C1"]["model"] == "deit3-s"
+
+
+def test_test_time_registers_run_on_local_pretrained_weights(weights, tmp_path, monkeypatch) -> None:
+    """Chapter 5's test-time registers on the profile's pretrained models without registers, on the files above."""
+    from regvit_lib import compare
+
+    monkeypatch.setenv(pretrained.WEIGHTS_ENV_VAR, str(weights))
+    monkeypatch.setenv("REGVIT_CACHE", str(tmp_path / "cache"))
+    rows, note = compare.pretrained_test_time_registers(SMOKE, True, images=16)
+    assert note == "" and rows["model"].tolist() == ["dinov2-s", "deit3-s"]  # the one with registers is left out
+    for _, r in rows.iterrows():  # random weights: measured, and either applied or not applicable with the ratio
+        assert r["test-time registers"].startswith(("applied", "not applicable: no outliers"))
+        assert r["ratio_before"] > 1
+    rows, note = compare.pretrained_test_time_registers(SMOKE, False)
+    assert rows.empty and "pretrained is False" in note

@@ -17,6 +17,7 @@ from .config import (ConfigError, FractalConfig, ImageData, ModelConfig, RunConf
                      TrainConfig, vit_config)
 from .profiles import PROFILES, Profile, default_profile_name, get_profile  # noqa: E402
 from .data import make_source, normalize  # noqa: E402
+from .exhibits import Exhibits  # noqa: E402
 from .model import RegViT, build_model, count_parameters, split_tokens  # noqa: E402
 from .params import chapter_params  # noqa: E402
 from .scenes import SceneBatch, render_scenes  # noqa: E402
@@ -25,7 +26,7 @@ from .train import TrainedRun, train  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
-    "PROFILES", "CacheCorruptError", "ConfigError", "FractalConfig", "ImageData", "ModelConfig", "Profile", "RegViT",
+    "PROFILES", "CacheCorruptError", "ConfigError", "Exhibits", "FractalConfig", "ImageData", "ModelConfig", "Profile", "RegViT",
     "RunConfig", "SceneBatch", "ScenesConfig", "TrainConfig", "TrainedRun", "build_model", "cache_root",
     "chapter_params", "count_parameters", "default_profile_name", "get_profile", "make_source", "normalize",
     "render_scenes", "split_tokens", "train", "vit_config",

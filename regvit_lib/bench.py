@@ -124,16 +124,17 @@ def analysis_cost(cfg: ModelConfig, batch: int, pairs: int = 20) -> dict[str, fl
             "ratio": statistics.median(b / a for a, b in zip(t_plain, t_analysis))}
 
 
-def step_vs_matmul(profile: Profile, iters: int = 10) -> dict[str, dict[str, float]]:
+def step_vs_matmul(profile: Profile, iters: int = 10, matmul_n: int | None = None) -> dict[str, dict[str, float]]:
     """The profile's training step (its model and batch) as a fraction of the machine's matmul
     rate in the same precision and threads: fp32 and bf16 autocast with every thread, and (on a
-    CPU) fp32 with one thread, as each of :mod:`regvit_lib.prepare`'s workers trains."""
+    CPU) fp32 with one thread, as each of :mod:`regvit_lib.prepare`'s workers trains.
+    ``matmul_n``: the reference matmul's size (see :func:`regvit_lib.timing.mfu`)."""
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     cfg, flops = profile.model, 3 * count_flops(profile.model)
 
     def measure(amp: bool) -> dict[str, float]:
         return mfu(build_model(cfg, device=dev).train(), flops, profile.train.batch_size, cfg.img_size,
-                   cfg.num_classes, iters, dev, amp) | {"threads": torch.get_num_threads()}
+                   cfg.num_classes, iters, dev, amp, matmul_n) | {"threads": torch.get_num_threads()}
 
     out = {name: measure(amp) for name, amp in (("fp32", False), ("bf16_autocast", True))}
     if dev == "cpu" and (threads := torch.get_num_threads()) > 1:

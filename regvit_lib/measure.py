@@ -42,7 +42,7 @@ from .summaries import sink_summary
 from .train import TrainedRun, train
 
 __all__ = ["PRETRAINED_BATCH", "Subject", "load_subject", "seed_runs", "load_seeds", "pretrained_set", "pretrained_subjects", "norm_report",
-           "share_per_layer", "layer_norms", "sinks", "dense_table", "object_discovery", "register_maps", "photo_maps",
+           "share_per_layer", "layer_norms", "sinks", "sink_heads", "dense_table", "object_discovery", "register_maps", "photo_maps",
            "local_and_global", "neighbour_table", "planted", "size_ladder", "size_runs", "size_sweep"]
 
 
@@ -238,6 +238,16 @@ def sinks(subject: Subject) -> pd.DataFrame:
     rows = sink_summary(subject.feats.received, subject.cfg) if subject.feats.received is not None else []
     return pd.DataFrame([{"block": i, "sink_mass": r["mass"], "sink_on": max(r["kind"], key=r["kind"].get),
                           "same_token": r["fixed"]} for i, r in enumerate(rows)])
+
+
+def sink_heads(subject: Subject) -> pd.DataFrame:
+    """Per block and head, the head's strongest key: ``sink_mass`` (its share of the patch queries'
+    attention, mean over images) and ``sink_on`` (its kind in most images); empty without attention."""
+    rec = subject.feats.received  # (B, L, H, T); a head taken alone is its own strongest head
+    per_head = [] if rec is None else [sink_summary(rec[:, :, h:h + 1], subject.cfg) for h in range(rec.shape[2])]
+    return pd.DataFrame([{"block": b, "head": h, "sink_mass": r["mass"], "sink_on": max(r["kind"], key=r["kind"].get)}
+                         for h, rows in enumerate(per_head) for b, r in enumerate(rows)],
+                        columns=["block", "head", "sink_mass", "sink_on"])
 
 
 def dense_table(subjects: list[Subject], seed: int = 0) -> pd.DataFrame:

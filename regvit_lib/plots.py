@@ -1,6 +1,9 @@
 """Figures. Each function takes data from the library and returns a matplotlib Figure.
 
-Only this module imports matplotlib. Nothing here calls ``plt.show``; a chapter displays or
+Distributions over images, spreads over seeds and block x head grids are drawn with seaborn
+(``boxenplot``, ``lineplot(errorbar="sd")``, ``heatmap``); images, maps and annotated layouts with
+matplotlib. :func:`use_style` sets the book's one theme (seaborn's, with the book's palette).
+Only this module and the interactive :mod:`regvit_lib.explorer` import matplotlib. Nothing here calls ``plt.show``; a chapter displays or
 glues the returned figure, and ``fig.savefig("x.pdf")`` gives a thesis-ready vector file (the
 format follows the suffix).
 """
@@ -13,6 +16,7 @@ from typing import Any, cast
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
@@ -25,17 +29,21 @@ from .scenes import SceneBatch, background_patches
 __all__ = ["use_style", "TOKEN_COLORS", "patch_grid", "token_layout", "register_overhead", "scenes_grid",
            "scene_labels", "training_curves", "norm_histogram", "norms_per_layer", "attention_maps",
            "neighbour_similarity", "emergence", "sinks_per_layer", "norms_vs_size", "register_ablation",
-           "resolution_maps", "accuracy_vs_flops", "summary_maps"]
+           "resolution_maps", "accuracy_vs_flops", "summary_maps", "sink_heatmap", "verdict_grid"]
 
 # One colour per token kind, used by every figure of the book.
 TOKEN_COLORS = {"cls": "#d62728", "reg": "#2ca02c", "patch": "#1f77b4"}
 
 
+# The book's palette: matplotlib's tab10, whose blue, green and red are the token colours above.
+PALETTE = "tab10"
+
+
 def use_style() -> None:
-    """The book's one matplotlib theme."""
-    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 200, "savefig.bbox": "tight", "axes.spines.top": False,
-                         "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3, "font.size": 10,
-                         "axes.titlesize": 11, "legend.frameon": False})
+    """The book's one theme: seaborn's white grid with the book's palette, set once per chapter."""
+    sns.set_theme(context="notebook", style="whitegrid", palette=PALETTE, font_scale=0.85,
+                  rc={"figure.dpi": 110, "savefig.dpi": 200, "savefig.bbox": "tight", "axes.spines.top": False,
+                      "axes.spines.right": False, "grid.alpha": 0.4, "legend.frameon": False})
 
 
 def patch_grid(image: Tensor, patch_size: int, ax: plt.Axes | None = None) -> Figure:
@@ -155,23 +163,30 @@ def scene_labels(batch: SceneBatch, index: int = 0, patch_size: int | None = Non
     return fig
 
 
-def training_curves(curves: list[dict], layers: list[int] | None = None) -> Figure:
-    """Validation accuracy and, per layer, the mean max/median patch-norm ratio over training.
+def training_curves(runs: Sequence[list[dict]], layers: list[int] | None = None) -> Figure:
+    """Validation accuracy and, per block, the mean max/median patch-norm ratio over training:
+    the mean over seeds, with a band of one standard deviation when there are several.
 
     Args:
-        curves: :attr:`regvit_lib.train.TrainedRun.curves`.
+        runs: one :attr:`regvit_lib.train.TrainedRun.curves` per training seed.
         layers: which blocks to draw (default: all).
     """
+    if not runs or not runs[0]:
+        raise ValueError("training_curves needs at least one run with recorded curves")
+    depth = len(runs[0][0]["norms"])
+    shown = list(range(depth)) if layers is None else layers
+    frame = pd.DataFrame([{"seed": i, "step": c["step"], "accuracy": c["val_acc"], "block": b,
+                           "ratio": c["norms"][b]["ratio_mean"]} for i, curves in enumerate(runs) for c in curves
+                          for b in shown])
     fig, (a, b) = plt.subplots(1, 2, figsize=(8.5, 3.2), layout="constrained")
-    steps = [c["step"] for c in curves]
-    a.plot(steps, [c["val_acc"] for c in curves], marker="o", label="validation accuracy")
-    a.set(xlabel="training step", ylabel="accuracy")
-    depth = len(curves[0]["norms"])
-    for layer in layers if layers is not None else range(depth):
-        b.plot(steps, [c["norms"][layer]["ratio_mean"] for c in curves],
-               color=plt.get_cmap("viridis")(layer / max(depth - 1, 1)), label=f"block {layer}")
+    sns.lineplot(frame[frame["block"] == shown[0]], x="step", y="accuracy", errorbar="sd", marker="o", ax=a)
+    a.set(xlabel="training step", ylabel="validation accuracy", ylim=(0, 1))
+    sns.lineplot(frame, x="step", y="ratio", hue="block", palette="viridis", errorbar="sd", ax=b)
     b.set(xlabel="training step", ylabel="max / median patch norm\n(mean over images)")
-    b.legend(fontsize=7, ncol=2)
+    b.set_ylim(bottom=1)  # the largest norm of an image is never below its median
+    b.legend(title="block", fontsize=7, ncol=2)
+    if len(runs) > 1:
+        a.set_title(f"{len(runs)} seeds: mean ± sd", fontsize=9)
     return fig
 
 
@@ -201,21 +216,23 @@ def norm_histogram(norms: dict[str, Tensor], k: float | None = None, ax: plt.Axe
 
 
 def norms_per_layer(ratio_max: Tensor, share: Tensor | None = None, ax: plt.Axes | None = None) -> Figure:
-    """Paper Fig. 4a: per layer, the largest patch norm over its image's median (and outlier share).
+    """Paper Fig. 4a: per block, the distribution over images of the largest patch norm over the image's
+    median (one boxen per block), and the share of outlier tokens (right axis).
 
     Args:
-        ratio_max: ``(B, L)`` per image and layer, max patch norm / median patch norm.
-        share: optional ``(L,)`` share of outlier tokens per layer (right axis).
+        ratio_max: ``(B, L)`` per image and block, max patch norm / median patch norm.
+        share: optional ``(L,)`` share of outlier tokens per block.
     """
     fig, ax = _fig_ax(ax, (5.0, 3.2))
-    layers = list(range(ratio_max.shape[1]))
-    q = torch.quantile(ratio_max.float(), torch.tensor([0.1, 0.5, 0.9]), dim=0)
-    ax.fill_between(layers, q[0].tolist(), q[2].tolist(), alpha=0.25, color=TOKEN_COLORS["patch"], label="10-90 %")
-    ax.plot(layers, q[1].tolist(), marker="o", color=TOKEN_COLORS["patch"], label="median image")
+    B, L = ratio_max.shape
+    frame = pd.DataFrame({"block": np.tile(np.arange(L), B), "ratio": ratio_max.float().flatten().numpy()})
+    sns.boxenplot(frame, x="block", y="ratio", color=TOKEN_COLORS["patch"], ax=ax, showfliers=False)
     ax.set(xlabel="block", ylabel="max / median patch norm")
+    ax.set_ylim(bottom=1)  # a largest norm is never below its median
+    if L > 16:  # a 40-block model: label every fifth block
+        ax.xaxis.set_major_locator(FixedLocator(list(range(0, L, 5))))
     if share is not None:
-        _outlier_axis(ax, layers, (100 * share).tolist())
-    ax.legend(fontsize=8, loc="upper left")
+        _outlier_axis(ax, list(range(L)), (100 * share).tolist()).legend(fontsize=8, loc="upper left")
     return fig
 
 
@@ -290,24 +307,50 @@ def emergence(rows: list[dict], along: tuple[str, ...] = (), paper_ratio: float 
     return fig
 
 
-def sinks_per_layer(tables: dict[str, pd.DataFrame], ax: plt.Axes | None = None) -> Figure:
-    """Per block, the attention share of the strongest sink, one line per model; the marker
-    says which token the sink is (circle: a patch, square: [CLS], triangle: a register).
+def sinks_per_layer(tables: dict[str, pd.DataFrame | list[pd.DataFrame]], ax: plt.Axes | None = None) -> Figure:
+    """Per block, the attention share of the strongest sink, one line per model (mean over seeds, band:
+    one standard deviation); the marker says which token the sink is in most seeds (circle: a patch,
+    square: [CLS], triangle: a register).
 
     Args:
-        tables: model name -> :func:`regvit_lib.measure.sinks` table.
+        tables: model name -> one :func:`regvit_lib.measure.sinks` table, or one per seed.
     """
     fig, ax = _fig_ax(ax, (5.0, 3.0))
     markers = {"patch": "o", "cls": "s", "reg": "^"}
     for i, (name, t) in enumerate(tables.items()):
-        ax.plot(t["block"], t["sink_mass"], color=f"C{i}", label=name)
+        seeds = pd.concat(t if isinstance(t, list) else [t])
+        sns.lineplot(seeds, x="block", y="sink_mass", errorbar="sd", color=f"C{i}", label=name, ax=ax)
+        g = seeds.groupby("block").agg(mass=("sink_mass", "mean"), on=("sink_on", lambda v: v.mode().iloc[0]))
         for kind, marker in markers.items():
-            sel = t["sink_on"] == kind
-            ax.scatter(t["block"][sel], t["sink_mass"][sel], marker=marker, color=f"C{i}", s=40, zorder=3)
+            sel = g[g["on"] == kind]
+            ax.scatter(sel.index, sel["mass"], marker=marker, color=f"C{i}", s=40, zorder=3)
     for kind, marker in markers.items():  # a legend entry per token kind
         ax.scatter([], [], marker=marker, color="grey", label=f"sink on {'[CLS]' if kind == 'cls' else kind}")
     ax.set(xlabel="block", ylabel="attention share of the strongest sink", ylim=(0, 1))
     ax.legend(fontsize=7)
+    return fig
+
+
+def sink_heatmap(grids: dict[str, pd.DataFrame]) -> Figure:
+    """Block x head: the share of the patch queries' attention that each head's strongest key takes,
+    one panel per model on one colour scale (0-1), each cell marked with that key's kind
+    (C: [CLS], R: a register, p: a patch) unless the grid is too large to read (a pretrained ViT-g).
+
+    Args:
+        grids: model name -> :func:`regvit_lib.measure.sink_heads` table (``block``, ``head``,
+            ``sink_mass``, ``sink_on``).
+    """
+    n = len(grids)
+    heads = max(int(g["head"].max()) + 1 for g in grids.values())
+    fig, axes = plt.subplots(1, n, figsize=(0.5 * heads * n + 1.8 * n, 3.2), layout="constrained", squeeze=False)
+    letter = {"cls": "C", "reg": "R", "patch": "p"}
+    for k, (ax, (name, g)) in enumerate(zip(axes[0], grids.items())):
+        mass = g.pivot(index="block", columns="head", values="sink_mass")
+        on = g.pivot(index="block", columns="head", values="sink_on").map(letter.get)
+        sns.heatmap(mass, vmin=0, vmax=1, cmap="magma", annot=on if on.size <= 300 else False, fmt="", ax=ax,
+                    cbar=k == n - 1,
+                    annot_kws={"fontsize": 7}, cbar_kws={"label": "sink's share of attention"})
+        ax.set_title(name, fontsize=9)
     return fig
 
 
@@ -332,15 +375,15 @@ def norms_vs_size(rows: list[dict], ax: plt.Axes | None = None) -> Figure:
     return fig
 
 
-def register_ablation(grid: pd.DataFrame, summary: pd.DataFrame) -> Figure:
+def register_ablation(grid: pd.DataFrame) -> Figure:
     """Paper Fig. 8: artifact maps on top (one image's patch-norm / median map per register
     count, first seed), and below the three probes against the number of registers (mean over
-    seeds, bars: standard deviation when there are several seeds).
+    seeds, band: one standard deviation).
 
     Args:
-        grid: :func:`regvit_lib.ablations.register_grid`; summary: its ``grid_summary``.
+        grid: :func:`regvit_lib.ablations.register_grid`, one row per register count and seed.
     """
-    counts = list(summary["registers"])
+    counts = sorted(grid["registers"].unique())
     fig = plt.figure(figsize=(1.5 * max(len(counts), 4), 5.2), layout="constrained")
     top, bottom = cast(Any, fig.subfigures(2, 1, height_ratios=[1, 1.3]))
     maps = top.subplots(1, len(counts), squeeze=False)[0]
@@ -350,13 +393,11 @@ def register_ablation(grid: pd.DataFrame, summary: pd.DataFrame) -> Figure:
         im = _show(ax, np.asarray(first.loc[c, "norm_map"]), cmap="magma", vmin=0, vmax=hi)
         ax.set_title(f"{c} reg.", fontsize=8)
     top.colorbar(im, ax=list(maps), shrink=0.8, label="norm / median")
-    x = np.arange(len(counts))
+    evenly = grid.assign(position=grid["registers"].map({c: i for i, c in enumerate(counts)}))  # 0, 1, 4, 16 evenly
     for ax, col, title in zip(bottom.subplots(1, 3), ("classification", "segmentation_miou", "depth_rmse"),
                               ("classification (acc)", "segmentation (mIoU)", "depth (RMSE, lower is better)")):
-        sd = summary.get(f"{col}_sd")
-        ax.errorbar(x, summary[col], yerr=None if sd is None or sd.isna().all() else sd, marker="o", capsize=3,
-                    color=TOKEN_COLORS["reg"])
-        ax.set(xticks=x, xticklabels=[str(c) for c in counts], xlabel="registers")
+        sns.lineplot(evenly, x="position", y=col, errorbar="sd", marker="o", color=TOKEN_COLORS["reg"], ax=ax)
+        ax.set(xticks=range(len(counts)), xticklabels=[str(c) for c in counts], xlabel="registers", ylabel="")
         ax.set_title(title, fontsize=9)
     return fig
 
@@ -439,11 +480,39 @@ def summary_maps(images: Tensor, maps: dict[str, tuple[Sequence[Any], str]]) -> 
     return fig
 
 
+# One colour per verdict of regvit_lib.claims (and "not measured": no chapter recorded it).
+VERDICT_COLORS = {"reproduced": "#2ca02c", "partly": "#bcbd22", "not at this scale": "#d9d9d9", "not measured": "#ffffff"}
+
+
+def verdict_grid(rows: pd.DataFrame) -> Figure:
+    """The conclusion at a glance: one row per claim, one column per model the verdicts stand on (the
+    profile's models, each pretrained model), each cell coloured by its verdict.
+
+    Args:
+        rows: :func:`regvit_lib.conclusion.claims_rows`.
+    """
+    order = list(VERDICT_COLORS)
+    unknown = set(rows["verdict"]) - set(order)
+    if unknown:
+        raise ValueError(f"verdict(s) {sorted(unknown)} have no colour; known: {order}")
+    rows = rows.assign(where=np.where(rows["scale"] == "pretrained", rows["model"], "ours (" + rows["scale"] + ")"))
+    codes = rows.pivot_table(index="id", columns="where", values="verdict", aggfunc="first", sort=False)
+    codes = codes.reindex(list(dict.fromkeys(rows["id"])))
+    fig, ax = plt.subplots(figsize=(1.2 + 1.5 * codes.shape[1], 0.26 * len(codes) + 0.8), layout="constrained")
+    sns.heatmap(codes.map(lambda v: order.index(v) if isinstance(v, str) else np.nan), ax=ax, cbar=False,
+                vmin=-0.5, vmax=len(order) - 0.5, cmap=plt.matplotlib.colors.ListedColormap(list(VERDICT_COLORS.values())),
+                linewidths=0.5, linecolor="0.7", annot=codes.fillna(""), fmt="", annot_kws={"fontsize": 7})
+    ax.set(xlabel="", ylabel="claim")
+    ax.tick_params(axis="both", rotation=0)
+    return fig
+
+
 def _outlier_axis(ax: plt.Axes, x: Sequence[float], percent: Sequence[float]) -> plt.Axes:
     """A right-hand axis over ``ax`` with the share of outlier tokens (%) as a dashed black line."""
     ax2 = ax.twinx()
     ax2.plot(x, percent, color="black", ls="--", marker="x", label="outliers (%)")
     ax2.set_ylabel("outlier tokens (%)")
+    ax2.set_ylim(0, max(1.0, 1.15 * max(percent, default=0.0)))  # a share is never negative; 0 sits on the floor
     ax2.grid(False)
     return ax2
 

@@ -30,7 +30,7 @@ from .config import RunConfig
 from .profiles import Profile, default_profile_name, get_profile
 from .train import run_store, train
 
-__all__ = ["book_runs", "run_cost", "train_all", "prepare", "main"]
+__all__ = ["book_runs", "run_cost", "describe", "train_all", "prepare", "main"]
 
 
 def book_runs(profile: Profile) -> list[RunConfig]:
@@ -49,6 +49,14 @@ def run_cost(run: RunConfig) -> float:
 
     per_image = 8 if run.train.objective == "dino" else 3
     return float(per_image * count_flops(run.model) * run.train.steps * run.train.batch_size)
+
+
+def describe(run: RunConfig) -> str:
+    """A training run in a few words, for progress lines: its model, method, seed and steps."""
+    m = run.model
+    method = type(m.variant).__name__ if m.variant is not None else (m.attention if m.attention != "softmax" else "ViT")
+    return (f"{method}, width {m.embed_dim}, depth {m.depth}, {m.num_registers} registers, seed {run.seed}, "
+            f"{run.train.steps} steps")
 
 
 def _start_worker(threads: int) -> None:
@@ -96,6 +104,9 @@ def train_all(runs: list[RunConfig], workers: int | None = None, root: Path | st
         run: {"key": st.key, "cached": True, "seconds": 0.0, "train_seconds": None}
         for run, st in stores.items() if st.result_path.is_file()}
     todo = sorted((run for run in stores if run not in results), key=run_cost, reverse=True)  # largest first
+    if progress:
+        print(f"training: {len(results)} of {len(stores)} runs found in the cache (reused, not retrained); "
+              f"{len(todo)} to train", file=sys.stderr, flush=True)
     if todo:
         workers = min(workers, len(todo))
         with tqdm(total=sum(map(run_cost, todo)) / 1e12, disable=not progress, file=sys.stderr, dynamic_ncols=True,
@@ -127,6 +138,8 @@ def _train_todo(todo: list[RunConfig], workers: int, cores: int, root: Path | st
     def finished(i: int, record: dict[str, Any]) -> None:
         done[i] = record
         drain(0.0)
+        bar.write(f"  trained {len(done)} of {len(todo)}: {describe(todo[i])} in {record['seconds']:.0f} s",
+                  file=sys.stderr)
         bar.set_postfix_str(f"{len(done)} of {len(todo)} trained")
 
     if manager is None:

@@ -74,13 +74,16 @@ def matmul_tflops(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, n: 
 
 
 def mfu(model: nn.Module, flops_per_image: float, batch: int, img_size: int, num_classes: int,
-        iters: int = 30, device: str = "cuda", amp: bool = True) -> dict[str, float]:
+        iters: int = 30, device: str = "cuda", amp: bool = True, matmul_n: int | None = None) -> dict[str, float]:
     """Model FLOPs utilisation of training ``model`` on ``device``: the achieved rate (counted
     FLOPs times images per second) over the measured matmul rate of the step's precision (bf16
     with ``amp``, else fp32).
 
     Args:
         flops_per_image: counted training FLOPs of one image (3x the forward).
+        matmul_n: the size of the reference matmul (default: :func:`matmul_tflops`'s). A CPU
+            without bf16 instructions multiplies bf16 slowly (about 1 GFLOP/s on AVX2); a
+            smaller ``n`` gives a quicker, rougher rate.
     """
     dev = torch.device(device)
     x = torch.randn(batch, 3, img_size, img_size, device=dev)
@@ -88,5 +91,5 @@ def mfu(model: nn.Module, flops_per_image: float, batch: int, img_size: int, num
     seconds = alternate([training_step(model, x, y, amp=amp)], iters, dev, warmup=2)[0]
     rate = batch * iters / sum(seconds)
     achieved = rate * flops_per_image / 1e12
-    peak = matmul_tflops(device, torch.bfloat16 if amp else torch.float32)
+    peak = matmul_tflops(device, torch.bfloat16 if amp else torch.float32, n=matmul_n)
     return {"img_per_s": rate, "achieved_tflops": achieved, "matmul_tflops": peak, "mfu": achieved / peak}

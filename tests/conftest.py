@@ -9,3 +9,21 @@ import torch
 @pytest.fixture(autouse=True)
 def _deterministic() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def sphinx_build():
+    """Build a small Sphinx project in a child process (docutils and Sphinx keep registries for the
+    whole process, so two apps with different extensions in one pytest process disturb each other);
+    returns a function ``(src, out) -> its output``, stdout and stderr together."""
+    import subprocess
+    import sys
+
+    def build(src, out) -> str:
+        done = subprocess.run([sys.executable, "-m", "sphinx", "-E", "-a", "-b", "html", str(src), str(out),
+                               "-d", str(out.parent / f"{out.name}-doctrees")],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout + done.stderr
+
+    return build

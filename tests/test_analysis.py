@@ -1,10 +1,14 @@
 """The per-layer summaries the training loop records: norms relative to each image's median, sinks."""
 
+from types import SimpleNamespace
+
 import matplotlib
+import pandas as pd
 import pytest
 import torch
 
 from regvit_lib import ModelConfig, plots
+from regvit_lib.measure import sink_heads
 from regvit_lib.summaries import RATIO_BINS, norm_summary, received_attention, sink_summary, token_norms
 
 matplotlib.use("Agg")
@@ -41,12 +45,40 @@ def test_sinks_find_the_key_that_patch_queries_attend_to() -> None:
     assert rows[0]["mass"] == pytest.approx(1.0) and rows[0]["token"] == P + 5
     assert rows[0]["kind"] == {"cls": 0.0, "reg": 0.0, "patch": 1.0} and rows[0]["fixed"] == 1.0
     assert rows[1]["mass"] == pytest.approx(0.5) and rows[1]["kind"]["reg"] == 1.0
+    subject = SimpleNamespace(feats=SimpleNamespace(received=received_attention(attn, P)), cfg=CFG)
+    grid = sink_heads(subject)  # type: ignore[arg-type]
+    heads = grid.set_index(["block", "head"])
+    assert len(heads) == L * H  # every block and head, not only the strongest
+    assert heads.loc[(0, 1), "sink_mass"] == pytest.approx(1.0) and heads.loc[(0, 1), "sink_on"] == "patch"
+    assert heads.loc[(1, 0), "sink_mass"] == pytest.approx(0.5) and heads.loc[(1, 0), "sink_on"] == "reg"
+    assert heads.loc[(0, 0), "sink_mass"] == pytest.approx(1.0 / T)  # uniform attention: no sink
+    fig = plots.sink_heatmap({"a": grid, "b": grid})
+    mesh = fig.axes[0].collections[0]
+    assert mesh.get_array().reshape(L, H)[0, 1] == pytest.approx(1.0)  # block 0, head 1 drawn where it belongs
+    assert {t.get_text() for t in fig.axes[0].texts} >= {"p", "R"}
 
 
-def test_training_curves_plot() -> None:
-    curves = [{"step": s, "val_acc": 0.1 * s, "norms": [{"ratio_mean": 1.0 + s}] * 3} for s in range(3)]
-    fig = plots.training_curves(curves)
-    assert len(fig.axes) == 2 and len(fig.axes[1].lines) == 3
+def test_training_curves_plot_with_seed_bands() -> None:
+    def curves(seed: float) -> list[dict]:
+        return [{"step": s, "val_acc": 0.1 * s + seed, "norms": [{"ratio_mean": 1.0 + s + seed}] * 3} for s in range(3)]
+
+    fig = plots.training_curves([curves(0.0), curves(0.1)])
+    assert len(fig.axes) == 2 and len(fig.axes[1].get_lines()) >= 3  # one line per block
+    acc = fig.axes[0].get_lines()[0].get_ydata()
+    assert list(acc) == pytest.approx([0.05, 0.15, 0.25])  # the mean over the two seeds
+    assert len(fig.axes[0].collections) == 1  # the sd band
+    with pytest.raises(ValueError, match="at least one run"):
+        plots.training_curves([])
+
+
+def test_outlier_share_axis_never_goes_below_zero() -> None:
+    fig = plots.norms_per_layer(1 + torch.rand(8, 4), torch.zeros(4))  # no outliers anywhere
+    low, high = fig.axes[-1].get_ylim()
+    assert low == 0 and high >= 1
+    assert fig.axes[0].get_ylim()[0] == 1  # nor a max/median ratio below 1
+    fig = plots.norms_vs_size([{"params": 1e5 * (i + 1), "share": 0.0, "ratio_mean": 2.0, "name": str(i)}
+                               for i in range(3)])
+    assert fig.axes[-1].get_ylim()[0] == 0
 
 
 # --- the toolkit (issue 4) -------------------------------------------------------------------
@@ -208,3 +240,20 @@ def test_toolkit_figures_save_for_a_thesis(planted, tmp_path) -> None:
     for i, fig in enumerate(figs):
         fig.savefig(str(tmp_path / f"fig{i}.pdf"))
         assert (tmp_path / f"fig{i}.pdf").stat().st_size > 1000
+
+
+def test_register_ablation_and_sinks_show_the_seeds_spread() -> None:
+    rows = [{"registers": c, "seed": s, "norm_map": np.full((4, 4), 1.0 + c), "classification": 0.5 + 0.01 * c + 0.1 * s,
+             "segmentation_miou": 0.2, "depth_rmse": 0.1} for c in (0, 1, 4, 16) for s in (0, 1)]
+    fig = plots.register_ablation(pd.DataFrame(rows))
+    acc = [ax for ax in fig.axes if ax.get_title() == "classification (acc)"][0]
+    line = acc.get_lines()[0]
+    assert list(line.get_xdata()) == [0, 1, 2, 3]  # counts evenly spaced, labelled by their value
+    assert [t.get_text() for t in acc.get_xticklabels()] == ["0", "1", "4", "16"]
+    assert list(line.get_ydata()) == pytest.approx([0.55, 0.56, 0.59, 0.71])  # mean over the seeds
+    band = acc.collections[0].get_paths()[0].vertices[:, 1]
+    assert band.max() - band.min() > 0.1  # the sd band spans the seeds
+    seeds = [pd.DataFrame({"block": [0, 1], "sink_mass": [0.2 + d, 0.6 + d], "sink_on": ["patch", "cls"]})
+             for d in (0.0, 0.1)]
+    fig = plots.sinks_per_layer({"ViT": seeds})
+    assert list(fig.axes[0].get_lines()[0].get_ydata()) == pytest.approx([0.25, 0.65])

@@ -52,7 +52,12 @@ def test_a_bad_worker_count_is_named(workers, tmp_path) -> None:
 
 def test_the_command_prepares_a_profile(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("REGVIT_CACHE", str(tmp_path))
+    n = len(book_runs(SMOKE))
     main(["--profile", "smoke", "--workers", "1"])
-    assert f"{len(book_runs(SMOKE))} runs, {len(book_runs(SMOKE))} trained now" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{n} runs, {n} trained now" in err and f"0 of {n} runs found in the cache" in err
+    assert err.count("  trained ") == n  # a line per run as it finishes, naming it
+    assert f"trained {n} of {n}: ViT, width " in err and f"depth {SMOKE.model.depth}, 0 registers, seed" in err
     main(["--profile", "smoke"])
-    assert ", 0 trained now" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert ", 0 trained now" in err and f"{n} of {n} runs found in the cache (reused, not retrained)" in err

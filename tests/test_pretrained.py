@@ -223,7 +223,7 @@ def test_chapters_2_and_3_run_their_pretrained_sections_on_local_weights(weights
                  if o.get("metadata", {}).get("scrapbook", {}).get("name") == key]
         note = next(iter(glued[0]["data"].values()))
         assert "Skipped" not in note and "dinov2-s" in note
-        start = next(i for i, c in enumerate(cells) if "".join(c["source"]).startswith("## 6."))
+        start = next(i for i, c in enumerate(cells) if "".join(c["source"]).startswith(f"(ch{name[1]}-pretrained)="))
         images = sum("image/png" in o.get("data", {}) for c in cells[start:] for o in c.get("outputs", []))
         assert images >= 3, f"{name}: section 6 drew {images} figures"
     record = json.loads((tmp_path / "cache" / "claims" / "smoke-dinov2-s.json").read_text())

@@ -480,10 +480,15 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     try:
         prof = get_profile(args.profile)
+        prof.check_device()
         check_methods(args.methods)
-        comparison_runs(prof, args.methods, args.seeds)  # every setting checked before any compute
+        runs = comparison_runs(prof, args.methods, args.seeds)  # every setting checked before any compute
     except (ConfigError, ValueError) as e:
         ap.error(str(e))
+    from .prepare import train_together
+
+    if not train_together(runs):
+        return  # torchrun: the other processes helped train; rank 0 measures and writes
     command = "python -m regvit_lib.compare " + " ".join(argv if argv is not None else sys.argv[1:])
     doc = run_comparison(prof, args.methods, args.seeds, args.images, args.k, args.workers)
     stamp = {"command": command, "commit": git_commit(),

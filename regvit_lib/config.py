@@ -423,7 +423,7 @@ class TrainConfig:
     dino_momentum: float = 0.99  # DINO: teacher EMA momentum at the start, cosine to 1 (DINO: 0.996 over
     # hundreds of epochs; with a few hundred steps 0.996 leaves the teacher near its random init)
     knn_images: int = 2_048  # DINO: labelled training images in the k-NN evaluation's bank
-    amp: Switch = "auto"  # bf16 autocast: "auto" = on CUDA only
+    amp: Switch = "auto"  # 16-bit autocast, "auto" = on CUDA only: bf16, or fp16 + scaler (train.precision)
     compile: Switch = "auto"  # torch.compile: "auto" = on CUDA only
 
     def __post_init__(self) -> None:

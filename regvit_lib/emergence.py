@@ -40,7 +40,7 @@ import pandas as pd
 
 from .analysis import collect, top_token_placement
 from .cache import Store, cached, code_version
-from .config import FractalConfig, RunConfig, ScenesConfig
+from .config import ConfigError, FractalConfig, RunConfig, ScenesConfig
 from .profiles import Profile, get_profile
 from .data import make_source
 from .scenes import background_patches, render_scenes
@@ -333,10 +333,18 @@ def main(argv: list[str] | None = None) -> None:
                     "existing file, its rows of these axes are replaced and the others kept")
     args = ap.parse_args(argv)
     prof = get_profile(args.profile)
+    try:
+        prof.check_device()
+    except ConfigError as e:
+        ap.error(str(e))
     points = study_points(prof)
     known, axes = {a for a, _, _ in points}, None if args.axes is None else set(args.axes)
     if axes is not None and not axes <= known:
         ap.error(f"unknown axes {sorted(axes - known)}; known: {sorted(known)}")
+    from .prepare import train_together
+
+    if not train_together([run for a, _, run in points if axes is None or a in axes]):
+        return  # torchrun: the other processes helped train; rank 0 measures and writes
     command = "python -m regvit_lib.emergence " + " ".join(argv if argv is not None else sys.argv[1:])
     stamp = {"code": code_version(TRAIN_CODE), "commit": git_commit(), "command": command}
     rows = [{**r, **stamp} for r in run_study(prof, k=args.k, axes=axes, workers=args.workers, progress=True)]

@@ -34,7 +34,8 @@ def chapter_params(**params: object) -> Profile:
     """Check a chapter's parameters (``name=value``, as in its parameters cell) and return its profile.
 
     Raises:
-        ConfigError: naming the parameter, the value and what is accepted.
+        ConfigError: naming the parameter, the value and what is accepted; or the profile needs a GPU
+            and this machine has none (:meth:`~regvit_lib.profiles.Profile.check_device`).
     """
     for name, value in params.items():
         if name not in PARAMS:
@@ -45,4 +46,6 @@ def chapter_params(**params: object) -> Profile:
     if isinstance(alias := params.get("pretrained"), str) and twin(alias) is None:
         raise ConfigError(f"parameter pretrained={alias!r} has no twin with (or without) registers to compare; "
                           f"True studies the profile's models (DeiT-III among them)")
-    return get_profile(str(params.get("profile", default_profile_name())))
+    profile = get_profile(str(params.get("profile", default_profile_name())))
+    profile.check_device()  # a GPU profile stops here, before any compute, on a machine without one
+    return profile

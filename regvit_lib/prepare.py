@@ -11,6 +11,9 @@ On a CPU they train in parallel worker processes, one per core and one thread ea
 use one core far better than two (README, "Build time"). The largest go first; one progress bar
 counts the training FLOPs of them all, with the time left. A GPU trains them one after another.
 A run that is already in the cache costs nothing; an interrupted one resumes from its checkpoint.
+
+Under ``torchrun --nproc_per_node=N -m regvit_lib.prepare`` the N processes train each run together,
+one run after another (data-parallel: :mod:`regvit_lib.distributed`), and rank 0 reports.
 """
 
 import argparse
@@ -26,11 +29,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .config import RunConfig
+from . import distributed
+from .config import ConfigError, RunConfig
 from .profiles import Profile, default_profile_name, get_profile
 from .train import run_store, train
 
-__all__ = ["book_runs", "run_cost", "describe", "train_all", "prepare", "main"]
+__all__ = ["book_runs", "run_cost", "describe", "train_all", "train_together", "prepare", "main"]
 
 
 def book_runs(profile: Profile) -> list[RunConfig]:
@@ -81,7 +85,8 @@ def train_all(runs: list[RunConfig], workers: int | None = None, root: Path | st
     """Train (or find in the cache) every run of ``runs``, in parallel on a CPU.
 
     Args:
-        workers: parallel training processes (default: one per usable CPU core; 1 on a GPU).
+        workers: parallel training processes (default: one per usable CPU core; 1 on a GPU, and 1 under
+            ``torchrun``, whose processes train each run together).
         root: cache folder (default :func:`regvit_lib.cache.cache_root`).
         progress: one bar over the training FLOPs of the runs still to train, with the time left.
         device: ``"cuda"`` / ``"cpu"`` (default CUDA when available).
@@ -92,13 +97,18 @@ def train_all(runs: list[RunConfig], workers: int | None = None, root: Path | st
         steps; ``None`` when it was in the cache already).
 
     Raises:
-        ValueError: ``workers`` is not an int >= 1.
+        ValueError: ``workers`` is not an int >= 1, or more than 1 under ``torchrun``.
     """
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = (1 if dev == "cuda" else cores) if workers is None else workers
+    world = distributed.current()
+    workers = (1 if dev == "cuda" or world.size > 1 else cores) if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+    if workers > 1 and world.size > 1:
+        raise ValueError(f"workers={workers} under torchrun ({world.size} processes): its processes already "
+                         "train each run together; leave workers at 1")
+    progress = progress and world.main
     stores = {run: run_store(run, root) for run in runs}
     results: dict[RunConfig, dict[str, Any]] = {
         run: {"key": st.key, "cached": True, "seconds": 0.0, "train_seconds": None}
@@ -115,6 +125,32 @@ def train_all(runs: list[RunConfig], workers: int | None = None, root: Path | st
                   bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} TFLOP [{elapsed}<{remaining}]{postfix}") as bar:
             results |= _train_todo(todo, workers, cores, root, device, bar)
     return [results[run] for run in runs]
+
+
+def train_together(runs: list[RunConfig], root: Path | str | None = None, progress: bool = True) -> bool:
+    """Under ``torchrun`` (N processes): train every run of ``runs`` that splits over them
+    (:func:`regvit_lib.distributed.splits`), all N together, one after another; then leave the process
+    group. Without ``torchrun``: nothing.
+
+    Returns:
+        Whether this process goes on: rank 0 (or the only process). What follows in a runner (the
+        runs that cannot be split, measuring, writing files) is one process's work, and finds the
+        trained runs in the cache.
+    """
+    world = distributed.init_from_env()
+    if world.size == 1:
+        return True
+    together = [run for run in runs if distributed.splits(run, world)]
+    t = time.perf_counter()
+    if world.main:
+        print(f"prepare: {world.size} processes train {len(together)} of {len(runs)} runs together (rank 0 writes "
+              "the cache)" + ("; the others (DINO, A-ViT, drop-path) train afterwards in rank 0 alone"
+                              if len(together) < len(runs) else ""), file=sys.stderr, flush=True)
+    train_all(together, root=root, progress=progress)
+    distributed.leave()
+    if world.main:
+        print(f"prepare: {world.size} processes done in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+    return world.main
 
 
 def _train_todo(todo: list[RunConfig], workers: int, cores: int, root: Path | str | None, device: str | None,
@@ -160,12 +196,19 @@ def _train_todo(todo: list[RunConfig], workers: int, cores: int, root: Path | st
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--profile", default=None, help="smoke, cpu or gpu (default: $REGVIT_PROFILE, else cpu)")
+    ap.add_argument("--profile", default=None, help="smoke, cpu, colab or gpu (default: $REGVIT_PROFILE, else cpu)")
     ap.add_argument("--workers", type=int, default=None, help="parallel training processes (default: one per core)")
     args = ap.parse_args(argv)
-    profile = get_profile(args.profile or default_profile_name())
+    try:
+        profile = get_profile(args.profile or default_profile_name())
+        profile.check_device()
+    except ConfigError as e:
+        ap.error(str(e))
+    show = os.environ.get("REGVIT_PROGRESS", "1") != "0"
     t = time.perf_counter()
-    done = prepare(profile, args.workers, progress=os.environ.get("REGVIT_PROGRESS", "1") != "0")
+    if not train_together(book_runs(profile), progress=show):  # torchrun: N processes train each run together
+        return
+    done = prepare(profile, args.workers, progress=show)
     trained = [r for r in {r["key"]: r for r in done}.values() if not r["cached"]]
     print(f"prepare: profile {profile.name!r}: {len(done)} runs, {len(trained)} trained now "
           f"({sum(r['train_seconds'] for r in trained):.0f} s of training steps), in {time.perf_counter() - t:.0f} s",

@@ -1,6 +1,11 @@
-"""The book's scales: :data:`PROFILES` (``smoke``, ``cpu``, ``gpu``; the README says what each costs,
-measured), each a :class:`Profile` of the settings of :mod:`regvit_lib.config`, and the pretrained
-models studied beside ours (:data:`PRETRAINED`, :class:`PretrainedSet`).
+"""The book's scales: :data:`PROFILES` (``smoke``, ``cpu``, ``colab``, ``gpu``; the README says what
+each costs, measured where it was run), each a :class:`Profile` of the settings of
+:mod:`regvit_lib.config`, and the pretrained models studied beside ours (:data:`PRETRAINED`,
+:class:`PretrainedSet`).
+
+``colab`` and ``gpu`` need a CUDA GPU (:meth:`Profile.check_device` stops before any compute where
+there is none). Their sizes come from budget arithmetic (:attr:`Profile.budget`): planned, not
+measured, until a run's numbers are committed under ``data/``.
 
 Kept apart from :mod:`regvit_lib.config` on purpose: a trained run's cache key holds every value of
 its :class:`~regvit_lib.config.RunConfig` and the code that gives them meaning (``config.py``), not
@@ -103,9 +108,13 @@ class Profile:
     seeds: int = 1  # training seeds of every run a claim compares: mean +- sd, differences beyond their spread
     register_counts: tuple[int, ...] = (0, 1, 2, 4, 8, 16)  # the register grid of chapter 4 (the paper's Fig. 8)
     pretrained: PretrainedSet = field(default_factory=PretrainedSet)
+    needs: str = "any"  # "cuda": sized for a GPU, refused without one (check_device)
+    budget: str = ""  # how the profile was sized: the arithmetic, and whether it was measured
 
     def __post_init__(self) -> None:
         _check_ints(self, {"seed": 0, "seeds": 1})
+        if self.needs not in ("any", "cuda"):
+            raise ConfigError(f"needs must be 'any' or 'cuda', got {self.needs!r}")
         counts = self.register_counts
         if not (isinstance(counts, tuple) and len(counts) >= 3 and counts[0] == 0
                 and all(isinstance(c, int) and not isinstance(c, bool) for c in counts)
@@ -119,6 +128,26 @@ class Profile:
         """The training seeds of every compared run: ``seed``, ``seed + 1``, ... (``seeds`` of them)."""
         return tuple(range(self.seed, self.seed + self.seeds))
 
+    def check_device(self, cuda: bool | None = None) -> None:
+        """Stop before any compute when this profile needs a GPU and the machine has none.
+
+        Args:
+            cuda: whether CUDA is available (default: ask torch).
+
+        Raises:
+            ConfigError: naming the profile, what it needs, and the profile to use instead.
+        """
+        if self.needs != "cuda":
+            return
+        if cuda is None:
+            import torch
+
+            cuda = torch.cuda.is_available()
+        if not cuda:
+            raise ConfigError(f"profile {self.name!r} is sized for a CUDA GPU ({self.description}) and this machine "
+                              f"has none (torch.cuda.is_available() is False, torch {_torch_version()}); "
+                              f"use profile 'cpu' here, or run on a GPU (README, 'Past one CPU')")
+
     def run(self, seed: int | None = None, **model_overrides: object) -> RunConfig:
         """The :class:`RunConfig` of this profile with some model fields changed (``run(num_registers=4)``)."""
         try:
@@ -128,10 +157,17 @@ class Profile:
         return RunConfig(model, self.data, self.train, self.seed if seed is None else seed)
 
 
+def _torch_version() -> str:
+    import torch
+
+    return str(torch.__version__)
+
+
 def _profile(name: str, description: str, model: ModelConfig, data: ScenesConfig, train: TrainConfig,
-             seeds: int, counts: tuple[int, ...], pretrained: PretrainedSet) -> Profile:
+             seeds: int, counts: tuple[int, ...], pretrained: PretrainedSet, needs: str = "any",
+             budget: str = "") -> Profile:
     return Profile(name, description, replace(model, num_classes=data.num_classes), data, train, seeds=seeds,
-                   register_counts=counts, pretrained=pretrained)
+                   register_counts=counts, pretrained=pretrained, needs=needs, budget=budget)
 
 
 # What each profile costs, measured, is in the README ("Profiles").
@@ -148,20 +184,38 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
              TrainConfig(steps=300, batch_size=32, lr=2e-3, warmup_steps=30, eval_every=50, eval_images=512,
                          stats_images=64, checkpoint_every=50), seeds=3, counts=(0, 1, 4, 16),
              pretrained=PretrainedSet()),
-    _profile("gpu", "one data-centre GPU (planned, not yet measured)",
+    _profile("colab", "Colab's T4 GPU, fp16 (planned, not yet measured)",
+             ModelConfig(img_size=32, patch_size=4, embed_dim=192, depth=12, num_heads=3),
+             ScenesConfig(img_size=32, train_size=200_000, val_size=2_000, test_size=2_000),
+             TrainConfig(steps=2_000, batch_size=256, lr=1e-3, warmup_steps=200, weight_decay=0.05, eval_every=250,
+                         eval_images=1_024, stats_images=64, checkpoint_every=250), seeds=2, counts=(0, 1, 4, 16),
+             pretrained=PretrainedSet(("dinov2-b", "dinov2-b-reg"), ("deit3-b",), ("dinov2-s", "dinov2-b", "dinov2-l"),
+                                      224, 200),
+             needs="cuda",
+             budget="PLANNED, NOT MEASURED. ViT of width 192, depth 12 on 64 tokens: 0.73 GFLOP forward, 2.2 GFLOP trained "
+                    "per image; 2,000 steps x 256 images = 1.1 PFLOP a run; the book's 10 runs (8 of the register grid, 2 "
+                    "other widths) 1.25e16 FLOP. A T4 (65 TFLOP/s fp16 tensor peak) at an assumed 25% of it, 16 TFLOP/s: "
+                    "about 13 min of training for the whole book, the largest chapter's share within 15 min; the pretrained "
+                    "models' passes add a few minutes on the first run."),
+    _profile("gpu", "one data-centre GPU, A100/H100 class, bf16 (planned, not yet measured)",
              ModelConfig(img_size=64, patch_size=4, embed_dim=384, depth=12, num_heads=6),
              ScenesConfig(img_size=64, train_size=1_000_000, val_size=5_000, test_size=5_000),
              TrainConfig(steps=3_000, batch_size=512, lr=1e-3, warmup_steps=300, weight_decay=0.05, eval_every=250,
                          eval_images=2_048, stats_images=64, checkpoint_every=500), seeds=3,
              counts=(0, 1, 2, 4, 8, 16), pretrained=PretrainedSet(("dinov2-g", "dinov2-g-reg"), ("deit3-b", "deit3-l"),
-                                      ("dinov2-s", "dinov2-b", "dinov2-l", "dinov2-g"), 224, 1_000)),
+                                      ("dinov2-s", "dinov2-b", "dinov2-l", "dinov2-g"), 224, 1_000),
+             needs="cuda",
+             budget="PLANNED, NOT MEASURED. ViT-S width 384, depth 12 on 256 tokens: 12 GFLOP forward, 36 GFLOP trained per "
+                    "image; 3,000 steps x 512 images = 56 PFLOP a run; the book's 20 runs (18 of the register grid, 2 other "
+                    "widths) 1.17e18 FLOP. An H100 (990 TFLOP/s bf16 dense peak) at an assumed 40%: about 50 min; an A100 "
+                    "(312 TFLOP/s) at 40%: about 2.6 h; 8 GPUs under torchrun divide both by about 8."),
 )}
 
 PROFILE_ENV_VAR = "REGVIT_PROFILE"
 
 
 def get_profile(name: str) -> Profile:
-    """Look a profile up by name (``smoke``, ``cpu``, ``gpu``); any other name raises, listing them."""
+    """Look a profile up by name (``smoke``, ``cpu``, ``colab``, ``gpu``); any other name raises, listing them."""
     if name not in PROFILES:
         raise ConfigError(f"unknown profile {name!r}; known profiles: {sorted(PROFILES)}")
     return PROFILES[name]

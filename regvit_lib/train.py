@@ -3,8 +3,10 @@
 The recipe follows DeiT-III (Touvron et al. 2022) in miniature: AdamW, linear warm-up then
 cosine decay, gradient clipping, random horizontal flips, optional Mixup/CutMix, label
 smoothing or DeiT-III's binary cross-entropy, and (in the model config) stochastic depth and
-LayerScale. On a GPU it trains in bf16 autocast and compiles the model; on a CPU both are off
-and nothing changes. ``objective="dino"`` swaps the supervised loss for the small
+LayerScale. On a GPU it trains in 16-bit autocast (:func:`precision`: bf16, or fp16 with a
+gradient scaler on GPUs without fast bf16) and compiles the model; on a CPU both are off and
+nothing changes. Under ``torchrun`` the processes train each step together
+(:mod:`regvit_lib.distributed`). ``objective="dino"`` swaps the supervised loss for the small
 self-distillation of :mod:`regvit_lib.selfsup` (no labels; the EMA teacher is the model kept).
 
 Every ``eval_every`` steps (and at step 0) the loop evaluates on the validation split and
@@ -38,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+from . import distributed
 from .cache import CacheCorruptError, Store, set_aside
 from .config import Mamba, ModelConfig, RunConfig, TrainConfig
 from .data import DataSource, batch_indices, make_source, normalize
@@ -45,10 +48,11 @@ from .model import Encoder, RegViT, build_model, count_parameters
 from .selfsup import Dino, knn_accuracy
 from .summaries import norm_summary, received_attention, sink_summary, token_norms
 
-__all__ = ["TrainedRun", "get_lr", "train", "evaluate", "TRAIN_CODE", "run_code", "run_store"]
+__all__ = ["TrainedRun", "get_lr", "train", "evaluate", "precision", "TRAIN_CODE", "run_code", "run_store"]
 
 # The modules whose code decides what a trained run contains: part of every run's cache key.
-TRAIN_CODE = ("config.py", "model.py", "scenes.py", "data.py", "train.py", "selfsup.py", "summaries.py")
+TRAIN_CODE = ("config.py", "model.py", "scenes.py", "data.py", "train.py", "selfsup.py", "summaries.py",
+              "distributed.py")
 
 
 def run_code(cfg: ModelConfig) -> tuple[str, ...]:
@@ -96,12 +100,17 @@ def _step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + 17) % (2**63)
 
 
-def _augment(x: Tensor, y: Tensor, cfg: TrainConfig, num_classes: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Flip, then timm's Mixup or CutMix (one per batch); returns images and soft targets ``(B, num_classes)``."""
+def _augment(x: Tensor, y: Tensor, cfg: TrainConfig, num_classes: int, gen: torch.Generator,
+             mine: np.ndarray) -> tuple[Tensor, Tensor]:
+    """Flip, then timm's Mixup or CutMix (one per batch); returns images and soft targets ``(B, num_classes)``.
+
+    ``x`` holds the images at positions ``mine`` of the global batch (all of it in one process): the
+    flips are drawn for the whole batch and indexed, so every process draws what one process would.
+    """
     from timm.data.mixup import Mixup, mixup_target
 
     if cfg.hflip:
-        flip = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device)
+        flip = (torch.rand(cfg.batch_size, generator=gen)[torch.from_numpy(mine)] < 0.5).to(x.device)
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     if not (cfg.mixup or cfg.cutmix):
         return x, mixup_target(y, num_classes, smoothing=cfg.label_smoothing)
@@ -159,6 +168,20 @@ def _resolve(switch: str, device: torch.device) -> bool:
     return switch == "on" or (switch == "auto" and device.type == "cuda")
 
 
+def precision(switch: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype that ``TrainConfig.amp`` gives on ``device`` (``None``: fp32).
+
+    bf16 where the device computes it natively (a CPU with ``amp="on"``; a GPU of compute capability
+    8.0 or more: A100, H100, L4, RTX 30xx and later); fp16 on older GPUs (T4, V100), with a gradient
+    scaler in the loop.
+    """
+    if not _resolve(switch, device):
+        return None
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 0):
+        return torch.float16
+    return torch.bfloat16
+
+
 def train(run: RunConfig, *, root: Path | str | None = None, device: str | torch.device | None = None,
           progress: bool | None = None, on_step: Callable[[int], None] | None = None) -> TrainedRun:
     """Train ``run``, or load it from the cache if it was trained before.
@@ -166,37 +189,55 @@ def train(run: RunConfig, *, root: Path | str | None = None, device: str | torch
     Args:
         run: the full configuration; its hash is the cache key.
         root: cache folder (default :func:`regvit_lib.cache.cache_root`).
-        device: ``"cuda"`` / ``"cpu"``; default CUDA when available.
+        device: ``"cuda"`` / ``"cpu"``; default CUDA when available (under ``torchrun``, the GPU of
+            this process's ``LOCAL_RANK``: see :mod:`regvit_lib.distributed`).
         progress: show a progress bar (default: on, unless ``$REGVIT_PROGRESS=0``).
         on_step: called after every optimiser step with the number of steps done (tests use it
             to interrupt a run).
 
     Returns:
         The :class:`TrainedRun`, with the model in eval mode on ``device``.
+
+    Under ``torchrun`` (an initialised process group, :func:`regvit_lib.distributed.init_from_env`)
+    every process calls this with the same ``run``: each trains on its slice of every batch, and
+    rank 0 alone writes the cache. The key is the same as one process's: a run trained on N
+    processes is found in the cache by one, and the reverse.
     """
     t0 = time.perf_counter()
+    world = distributed.current()
+    distributed.check_run(run, world)
     dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     show = progress if progress is not None else os.environ.get("REGVIT_PROGRESS", "1") != "0"
     store = run_store(run, root)
+    if not world.main:  # rank 0 looks first: it alone sets a corrupt entry aside
+        distributed.barrier(world)
     stored = store.load_or_set_aside(weights=True)  # a run's entry without its weights is corrupt
+    if world.main:
+        distributed.barrier(world)
     if stored is not None and (state := stored[1]) is not None:
         result = stored[0]
         model = build_model(run.model, seed=run.seed, device=dev)
         model.load_state_dict(state)
         return TrainedRun(model.eval(), run, store.key, result["metrics"], result["curves"], store.dir,
                           cached=True, seconds=time.perf_counter() - t0)
+    if dev.type == "cuda":  # before any compute: the step must fit in this GPU's memory
+        from .memory import check_fits
+
+        check_fits(run, torch.cuda.get_device_properties(dev).total_memory, world.size, torch.cuda.get_device_name(dev),
+                   half=precision(run.train.amp, dev) is not None)
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if dev.type == "cuda" else []):
-        return _fit(run, store, dev, show, on_step, t0)
+        return _fit(run, store, dev, show and world.main, on_step, t0, world)
 
 
 def _fit(run: RunConfig, store: Store, dev: torch.device, show: bool,
-         on_step: Callable[[int], None] | None, t0: float) -> TrainedRun:
+         on_step: Callable[[int], None] | None, t0: float, world: distributed.World) -> TrainedRun:
     from .flops import count_flops  # local: only training needs the FLOP counter
 
     cfg = run.train
     source = make_source(run.data)
     model = build_model(run.model, seed=run.seed, device=dev)
-    use_amp, use_compile = _resolve(cfg.amp, dev), _resolve(cfg.compile, dev)
+    amp_dtype, use_compile = precision(cfg.amp, dev), _resolve(cfg.compile, dev)
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)  # fp16 only: a no-op else
     step_fn: Callable[[Tensor], Tensor] = torch.compile(model) if use_compile else model
     torch.manual_seed(run.seed)  # the DINO head's initial weights follow the run's seed, as the model's do
     dino = Dino(model, cfg.dino_dim, cfg.dino_momentum, cfg.steps, step_fn) if cfg.objective == "dino" else None
@@ -210,21 +251,32 @@ def _fit(run: RunConfig, store: Store, dev: torch.device, show: bool,
     ], lr=cfg.lr, betas=cfg.betas)
     # The model that is evaluated, summarised and kept: DINO's teacher, else the model itself.
     kept = model if dino is None else dino.teacher
+    params = [p for group in opt.param_groups for p in group["params"]]
     start, curves, acc = 0, [], {"loss": 0.0, "correct": 0.0, "seen": 0, "data_s": 0.0, "step_s": 0.0}
-    if store.checkpoint_path.exists():
+    failed: Exception | None = None
+    if store.checkpoint_path.exists():  # every process resumes from the same file
         try:
             ck = store.load_tensors(store.checkpoint_path)
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["opt"])
             if dino is not None:
                 dino.load_state_dict(ck["dino"])
+            if "scaler" in ck:
+                scaler.load_state_dict(ck["scaler"])
             start, curves, acc = int(ck["step"]), json.loads(ck["curves"]), json.loads(ck["acc"])
         except (CacheCorruptError, KeyError, RuntimeError, ValueError) as e:
+            failed = e
+    if distributed.broadcast_flag(failed is not None, world, dev):
+        if world.main:
             moved = set_aside(store.checkpoint_path)
-            warnings.warn(f"unusable checkpoint {store.checkpoint_path} ({e}); set aside as {moved}, "
-                          "training this run from the start", stacklevel=3)
-            return _fit(run, store, dev, show, on_step, t0)
-    store.save_json(store.config_path, {"key": store.key, **store.doc})
+            warnings.warn(f"unusable checkpoint {store.checkpoint_path} ({failed or 'unreadable on another process'}); "
+                          f"set aside as {moved}, training this run from the start", stacklevel=3)
+        distributed.barrier(world)
+        return _fit(run, store, dev, show, on_step, t0, world)
+    if world.main:
+        store.save_json(store.config_path, {"key": store.key, **store.doc})
+    paired = bool(cfg.mixup or cfg.cutmix)
+    mine = distributed.positions(cfg.batch_size, world, paired)  # this process's images of every batch
     # forward + backward ~ 3x forward; DINO: the student on 2 views (2 x 3) and the teacher (2 x 1)
     flops_per_image = (3 if dino is None else 8) * count_flops(run.model)
     n_train, C = source.split_size("train"), run.model.num_classes
@@ -247,13 +299,13 @@ def _fit(run: RunConfig, store: Store, dev: torch.device, show: bool,
         tic = time.perf_counter()
         torch.manual_seed(_step_seed(run.seed, step))  # drop-path and any other global draw
         gen = torch.Generator().manual_seed(_step_seed(run.seed, step))
-        x, y = source.batch("train", batch_indices(n_train, cfg.batch_size, run.seed, step), dev)
+        x, y = source.batch("train", batch_indices(n_train, cfg.batch_size, run.seed, step)[mine], dev)
         if dino is None:
-            x, target = _augment(x, y, cfg, C, gen)
+            x, target = _augment(x, y, cfg, C, gen, mine)
         tdata = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = get_lr(step, cfg)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+        with torch.autocast(dev.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
             if dino is None:
                 logits = step_fn(normalize(x))
                 loss = _loss(logits.float(), target, cfg.loss)
@@ -262,16 +314,20 @@ def _fit(run: RunConfig, store: Store, dev: torch.device, show: bool,
             else:
                 loss = dino.loss(x, gen)  # two views of x; labels unused
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        distributed.average_gradients(params, world)  # the mean over processes: the whole batch's gradient
+        scaler.unscale_(opt)
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for group in opt.param_groups for p in group["params"]], cfg.grad_clip)
-        opt.step()
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        scaler.step(opt)
+        scaler.update()
         if dino is not None:
             dino.update_teacher(step)
-        else:
-            acc["correct"] += float((logits.argmax(-1) == y).sum())
-        acc["loss"] += loss.item() * len(y)
-        acc["seen"] += len(y)
+        correct = 0.0 if dino is not None else float((logits.argmax(-1) == y).sum())
+        loss_sum, correct, seen = distributed.all_sum([loss.item() * len(y), correct, len(y)], world, dev)
+        acc["loss"] += loss_sum
+        acc["correct"] += correct
+        acc["seen"] += int(seen)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         toc = time.perf_counter()
@@ -280,14 +336,15 @@ def _fit(run: RunConfig, store: Store, dev: torch.device, show: bool,
         done = step + 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc['correct'] / max(acc['seen'], 1):.2f}" if dino is None else "-",
-                        img_s=f"{len(y) / (toc - tic):.0f}")
+                        img_s=f"{seen / (toc - tic):.0f}")
         if done % cfg.eval_every == 0 or done == cfg.steps:
             record(done)
-        if done % cfg.checkpoint_every == 0 and done < cfg.steps:
+        if done % cfg.checkpoint_every == 0 and done < cfg.steps and world.main:
             store.save_tensors(store.checkpoint_path, {
                 "model": model.state_dict(), "opt": opt.state_dict(), "step": done,
                 "curves": json.dumps(curves), "acc": json.dumps(acc),
-                **({} if dino is None else {"dino": dino.state_dict()})})
+                **({} if dino is None else {"dino": dino.state_dict()}),
+                **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {})})
         if on_step is not None:
             on_step(done)
     bar.close()
@@ -303,10 +360,13 @@ def _fit(run: RunConfig, store: Store, dev: torch.device, show: bool,
         # Wall time of the optimiser steps (batches included), summed over resumes; evals excluded.
         "train_seconds": acc["step_s"], "data_seconds": acc["data_s"],
         "train_img_per_s": trained_images / max(acc["step_s"], 1e-9),
-        "resumed_from": start, "device": str(dev), "torch": torch.__version__,
+        "resumed_from": start, "device": str(dev), "torch": torch.__version__, "processes": world.size,
+        "precision": str(amp_dtype or torch.float32).removeprefix("torch."),
     }
-    store.save_result({"metrics": metrics, "curves": curves},
-                      {k: v.detach().cpu() for k, v in kept.state_dict().items()})
+    if world.main:
+        store.save_result({"metrics": metrics, "curves": curves},
+                          {k: v.detach().cpu() for k, v in kept.state_dict().items()})
+    distributed.barrier(world)
     return TrainedRun(kept.eval(), run, store.key, metrics, curves, store.dir, cached=False,
                       seconds=time.perf_counter() - t0)
 

@@ -7,18 +7,18 @@ from regvit_lib.profiles import PROFILE_ENV_VAR, Profile
 
 
 def test_profiles_are_frozen_and_named() -> None:
-    assert set(PROFILES) == {"smoke", "cpu", "gpu"}
+    assert set(PROFILES) == {"smoke", "cpu", "colab", "gpu"}
     for name, prof in PROFILES.items():
         assert prof.name == name and get_profile(name) is prof
         with pytest.raises(dataclasses.FrozenInstanceError):
             prof.seed = 1  # type: ignore[misc]
     # the smoke model is the smallest: CI must stay fast
     sizes = {n: p.model.embed_dim * p.model.depth * p.model.num_tokens for n, p in PROFILES.items()}
-    assert sizes["smoke"] < sizes["cpu"] < sizes["gpu"]
+    assert sizes["smoke"] < sizes["cpu"] < sizes["colab"] < sizes["gpu"]
 
 
 def test_unknown_profile_names_the_value() -> None:
-    with pytest.raises(ConfigError, match=r"unknown profile 'laptop'.*\['cpu', 'gpu', 'smoke'\]"):
+    with pytest.raises(ConfigError, match=r"unknown profile 'laptop'.*\['colab', 'cpu', 'gpu', 'smoke'\]"):
         get_profile("laptop")
 
 
@@ -108,7 +108,7 @@ def test_profile_register_grid_is_validated(counts) -> None:
     (dict(registers=0), r"parameter registers=0 \(int\) is not an integer >= 1"),
     (dict(num_registers=-1), r"parameter num_registers=-1"),
     (dict(pretrained="dinov3"), r"parameter pretrained='dinov3' \(str\) is not True \(the profile's pretrained models\), False or one of"),
-    (dict(profile="laptop"), r"parameter profile='laptop' \(str\) is not one of \['cpu', 'gpu', 'smoke'\]"),
+    (dict(profile="laptop"), r"parameter profile='laptop' \(str\) is not one of \['colab', 'cpu', 'gpu', 'smoke'\]"),
     (dict(profile=None), r"parameter profile=None \(NoneType\)"),
     (dict(rerun_everything=True), r"unknown chapter parameter 'rerun_everything'"),
     (dict(seeds=1), r"parameter seeds=1 \(int\) is not None \(the profile's\) or an integer >= 2"),

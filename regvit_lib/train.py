@@ -101,16 +101,19 @@ def _step_seed(seed: int, step: int) -> int:
 
 
 def _augment(x: Tensor, y: Tensor, cfg: TrainConfig, num_classes: int, gen: torch.Generator,
-             mine: np.ndarray) -> tuple[Tensor, Tensor]:
+             mine: np.ndarray | None = None) -> tuple[Tensor, Tensor]:
     """Flip, then timm's Mixup or CutMix (one per batch); returns images and soft targets ``(B, num_classes)``.
 
-    ``x`` holds the images at positions ``mine`` of the global batch (all of it in one process): the
-    flips are drawn for the whole batch and indexed, so every process draws what one process would.
+    ``mine``: the positions of ``x``'s images in the global batch of ``cfg.batch_size`` (one process
+    of several); the flips are then drawn for the whole batch and indexed, so every process draws
+    what one process would. ``None``: ``x`` is the whole batch.
     """
     from timm.data.mixup import Mixup, mixup_target
 
     if cfg.hflip:
-        flip = (torch.rand(cfg.batch_size, generator=gen)[torch.from_numpy(mine)] < 0.5).to(x.device)
+        draw = torch.rand(x.shape[0] if mine is None else cfg.batch_size, generator=gen)
+        flip = (draw if mine is None else draw[torch.from_numpy(mine)]) < 0.5
+        flip = flip.to(x.device)
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     if not (cfg.mixup or cfg.cutmix):
         return x, mixup_target(y, num_classes, smoothing=cfg.label_smoothing)

@@ -32,7 +32,7 @@ from .config import ConfigError, DataConfig, FractalConfig, ImageData, ScenesCon
 from .scenes import _checked_indices, _Draws, _uniforms, render_scenes
 
 __all__ = ["render_fractals", "DataSource", "make_source", "batch_indices", "normalize", "IMAGENET_MEAN",
-           "IMAGENET_STD", "sample_photo", "photos", "PHOTOS"]
+           "IMAGENET_STD", "sample_photo", "photos", "PHOTOS", "FETCHABLE", "fetch", "fetch_command", "main"]
 
 def _ifs(cfg: FractalConfig, labels: np.ndarray, jitter: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per image, the (jittered) maps of its class: ``A`` (B, M, 2, 2), ``b`` (B, M, 2)."""
@@ -137,7 +137,10 @@ class _ImageSource(DataSource):
             if c.name == "folder":
                 for split in ("train", "val"):
                     if not (root / split).is_dir():
-                        raise FileNotFoundError(f"image folder {root / split} does not exist")
+                        raise FileNotFoundError(f"image folder {root / split} does not exist: an image folder holds "
+                                                f"{root}/train/<class>/<image> and {root}/val/<class>/<image> "
+                                                "(and optionally test/); or fetch a ready one: "
+                                                f"{fetch_command('imagenette', root)}")
                 train, val = (datasets.ImageFolder(str(root / s), transform=tf) for s in ("train", "val"))
                 test = datasets.ImageFolder(str(root / "test"), transform=tf) if (root / "test").is_dir() else val
             elif c.name == "imagenette":
@@ -156,7 +159,8 @@ class _ImageSource(DataSource):
                 train, val = Subset(full, range(n)), Subset(full, range(n, len(full)))
         except RuntimeError as e:  # torchvision: "Dataset not found or corrupted ..."
             raise FileNotFoundError(
-                f"{c.name} is not in {root} ({e}); pass download=True on a machine with a network"
+                f"{c.name} is not in {root} ({e}); fetch it on a machine with a network: "
+                f"{fetch_command(c.name, root)} (or pass download=True)"
             ) from e
         return {"train": train, "val": val, "test": test}
 
@@ -177,6 +181,27 @@ class _ImageSource(DataSource):
         items = [ds[int(i)] for i in idx]
         return (torch.stack([x for x, _ in items]).to(device),
                 torch.tensor([y for _, y in items], dtype=torch.int64, device=device))
+
+
+FETCHABLE = ("cifar10", "stl10", "imagenette")
+
+
+def fetch_command(name: str, root: Path | str) -> str:
+    """The command that downloads the image set ``name`` into ``root`` (:func:`fetch`)."""
+    return f"python -m regvit_lib.data fetch {name} --root {root}"
+
+
+def fetch(name: str, root: Path | str) -> int:
+    """Download the image set ``name`` (CIFAR-10, STL-10 or Imagenette at 160 px) into ``root``
+    through torchvision (needs a network); returns its number of training images.
+
+    Raises:
+        ConfigError: ``name`` is not one that can be downloaded (an image folder is the reader's own).
+    """
+    if name not in FETCHABLE:
+        raise ConfigError(f"cannot fetch {name!r}: one of {list(FETCHABLE)} (an image folder is your own images)")
+    data = ImageData(name=name, root=str(root), download=True)  # type: ignore[arg-type]  # checked above
+    return make_source(data).split_size("train")
 
 
 def make_source(cfg: DataConfig) -> DataSource:
@@ -267,3 +292,19 @@ def photos(img_size: int, names: tuple[str, ...] = PHOTOS) -> Tensor:
         im = ImageOps.fit(im, (img_size, img_size), method=Image.Resampling.LANCZOS)  # centre square, resized
         out.append(torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1))
     return torch.stack(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m regvit_lib.data fetch NAME --root DIR``: download an image set (:func:`fetch`)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Download a real image set for ImageData(name=..., root=...).")
+    ap.add_argument("command", choices=["fetch"])
+    ap.add_argument("name", choices=list(FETCHABLE))
+    ap.add_argument("--root", default=ImageData().root, help="the folder to download into (default: %(default)s)")
+    args = ap.parse_args(argv)
+    print(f"{args.name}: {fetch(args.name, args.root)} training images in {args.root}")
+
+
+if __name__ == "__main__":
+    main()

@@ -150,9 +150,11 @@ def test_image_folder_loader_offline(tmp_path) -> None:
 
 
 def test_missing_data_sets_say_where_and_how(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"image folder .*nowhere/train does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"image folder .*nowhere/train does not exist: an image folder "
+                                                r"holds .*nowhere/train/<class>/<image>"):
         make_source(ImageData(name="folder", root=str(tmp_path / "nowhere"))).split_size("train")
-    with pytest.raises(FileNotFoundError, match="cifar10 is not in .*download=True"):
+    with pytest.raises(FileNotFoundError, match=rf"cifar10 is not in {tmp_path}.*fetch it on a machine with a "
+                                                rf"network: python -m regvit_lib.data fetch cifar10 --root {tmp_path}"):
         make_source(ImageData(name="cifar10", root=str(tmp_path))).split_size("train")
     with pytest.raises(ConfigError, match="name must be one of"):
         ImageData(name="imagenet")
@@ -196,3 +198,25 @@ def test_fractals_are_deterministic_class_consistent_and_mostly_black() -> None:
         render_fractals(cfg, "val", [200])
     src = make_source(cfg)
     assert src.num_classes == 5 and src.batch("test", np.arange(3))[0].shape == (3, 3, 32, 32)
+
+
+def test_the_fetch_command_downloads_through_torchvision(tmp_path, monkeypatch, capsys) -> None:
+    from torchvision import datasets
+
+    from regvit_lib import data
+
+    calls = []
+
+    class FakeCIFAR10(list):  # what torchvision would give, without the network
+        classes = [str(i) for i in range(10)]
+
+        def __init__(self, root, train, download, transform):
+            calls.append((root, train, download))
+            super().__init__([(torch.zeros(3, 32, 32), 0)] * (1_500 if train else 100))
+
+    monkeypatch.setattr(datasets, "CIFAR10", FakeCIFAR10)
+    data.main(["fetch", "cifar10", "--root", str(tmp_path)])
+    assert calls and all(root == str(tmp_path) and download for root, _, download in calls)
+    assert capsys.readouterr().out.strip() == f"cifar10: 500 training images in {tmp_path}"  # 1,500 less val_size
+    with pytest.raises(ConfigError, match="cannot fetch 'folder'"):
+        data.fetch("folder", tmp_path)

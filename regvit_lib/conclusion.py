@@ -117,7 +117,8 @@ def claims_rows(profile: str, root: Path | str | None = None) -> pd.DataFrame:
     one row per claim of each pretrained model's file.
 
     Columns: ``id``, ``claim``, ``paper``, ``ours`` (mean ± sd over seeds), ``verdict``, ``seeds``,
-    ``scale``, ``model``, ``chapter``.
+    ``scale``, ``model``, ``chapter``, and ``file``: the claims file of the row (``<profile>`` or
+    ``<profile>-<alias>``).
     """
     out = []
     for name, path in claim_files(profile, root).items():
@@ -130,7 +131,7 @@ def claims_rows(profile: str, root: Path | str | None = None) -> pd.DataFrame:
                         "verdict": e["verdict"] if e else "not measured",
                         "seeds": e.get("seeds") if e else None,
                         "scale": e["scale"] if e else profile, "model": e["model"] if e else "",
-                        "chapter": e["chapter"] if e else CHAPTER_OF[key]})
+                        "chapter": e["chapter"] if e else CHAPTER_OF[key], "file": name})
     return pd.DataFrame(out).astype({"seeds": "Int64"})
 
 

@@ -27,8 +27,8 @@ import pandas as pd
 
 from . import __version__
 from .cache import atomic_write
-from .claims import CLAIMS, claims_path
-from .conclusion import claim_files, claims_rows
+from .claims import claims_path
+from .conclusion import claims_rows
 from .exhibits import _exhibit_name, exhibits_dir
 from .profiles import default_profile_name
 
@@ -126,12 +126,9 @@ def _export_claims(out: Path, profile: str, root: Path | str | None) -> tuple[li
     """``claims.tex`` (one table per claims file of ``profile`` that records any claim) and ``claims.csv``;
     returns the files and the README's lines."""
     tables, frames = [], []
-    for name in claim_files(profile, root):
-        # claims_rows lists the named file's own claims first, one row per claim (those it lacks: not measured)
-        rows = claims_rows(name, root).head(len(CLAIMS)).rename(columns={"ours": "measured"})
-        rows = rows[rows["verdict"] != "not measured"][CLAIM_COLUMNS]
-        if rows.empty:
-            continue
+    every = claims_rows(profile, root).rename(columns={"ours": "measured"})
+    for name, rows in every[every["verdict"] != "not measured"].groupby("file", sort=False):
+        name, rows = str(name), rows[CLAIM_COLUMNS]
         what = f"our models, profile {profile}" if name == profile else f"the pretrained {name[len(profile) + 1:]}"
         tables.append(latex_table(rows, f"The paper's claims measured on {what}", f"claims-{name}"))
         frames.append(rows.assign(file=claims_path(name, root).name))

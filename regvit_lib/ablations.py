@@ -27,13 +27,12 @@ from tqdm.auto import tqdm
 
 from .analysis import OUTLIER_K, collect, detect_outliers, peak_layer, positive_control
 from .cache import cached
-from .config import RunConfig, ScenesConfig
+from .config import DataConfig, RunConfig
 from .profiles import Profile
-from .data import normalize
+from .data import make_source, normalize
 from .flops import count_flops
 from .measure import dense_table, load_subject, norm_report, object_discovery, sinks
 from .model import RegViT, build_model
-from .scenes import render_scenes
 from .timing import alternate, training_step
 from .probes import probe_summary
 from .train import TRAIN_CODE, TrainedRun, train
@@ -58,10 +57,10 @@ def _register_row(profile: Profile, registers: int, seed: int, images: int, k: f
             "norm_map": detect_outliers(s.feats, s.layer, k).ratio[0].reshape(s.feats.grid, -1).tolist()}  # one image
 
 
-def positive_control_report(run: TrainedRun, data: ScenesConfig, images: int, layer: int,
+def positive_control_report(run: TrainedRun, data: DataConfig, images: int, layer: int,
                             seed: int = 0) -> dict[str, Any]:
-    """The planted positive control on a trained run over the first ``images`` validation scenes of
-    ``data``, cached per run, scenes, block and seed (:func:`regvit_lib.analysis.positive_control`).
+    """The planted positive control on a trained run over the first ``images`` validation images of
+    ``data`` (at most the split's), cached per run, images, block and seed (:func:`regvit_lib.analysis.positive_control`).
 
     Returns:
         ``natural_share`` (the rule's share of natural outliers at ``layer``), ``found_all``
@@ -69,8 +68,9 @@ def positive_control_report(run: TrainedRun, data: ScenesConfig, images: int, la
         ``planted``, the probe records (:func:`regvit_lib.probes.probe_summary`) of each pass.
     """
     def compute() -> dict[str, Any]:
-        val = render_scenes(data, "val", np.arange(images))
-        natural, planted, positions = positive_control(run.vit, val.image, val.label, layer)
+        source = make_source(data)
+        image, label = source.batch("val", np.arange(min(images, source.split_size("val"))))
+        natural, planted, positions = positive_control(run.vit, image, label, layer)
         found = {"natural": detect_outliers(natural, layer), "planted": detect_outliers(planted, layer)}
         return {"natural_share": found["natural"].share,
                 "found_all": found["planted"].positions() == [sorted(p) for p in positions.tolist()],
@@ -103,7 +103,7 @@ def register_grid(profile: Profile, counts: tuple[int, ...] | None = None, seeds
         profile: the book's profile (model, data, recipe).
         counts: register counts (non-negative ints; default the profile's ``register_counts``).
         seeds: training seeds (default: the profile's ``seeds`` seeds from its ``seed``).
-        images: validation scenes measured per model.
+        images: validation images measured per model.
         k: the outlier rule.
         progress: a progress bar over the runs (most of the time is training, on a first build).
     """
@@ -170,7 +170,7 @@ def resolution_study(profile: Profile, sizes: tuple[int, ...], images: int = 200
 
     ``stripe`` is the variance of the row means plus that of the column means over the variance
     of the whole map of mean per-position norm ratios (1 for perfect stripes, ~2/g for noise).
-    Cached per runs, scenes, sizes and rule.
+    Cached per runs, images, sizes and rule.
     """
     runs = [profile.run(seed=seed, num_registers=registers) for seed in profile.all_seeds]
     config = dict(runs=runs, data=profile.data, sizes=list(sizes), images=images, k=k)
@@ -178,23 +178,23 @@ def resolution_study(profile: Profile, sizes: tuple[int, ...], images: int = 200
         runs, profile.data, sizes, images, k)})["rows"])
 
 
-def _resolution_rows(runs: list[RunConfig], data: ScenesConfig, sizes: tuple[int, ...], images: int,
+def _resolution_rows(runs: list[RunConfig], data: DataConfig, sizes: tuple[int, ...], images: int,
                      k: float) -> list[dict[str, Any]]:
-    idx = np.arange(min(images, data.val_size))
+    idx = np.arange(min(images, make_source(data).split_size("val")))
     rows = []
     for run_config in runs:
         run, seed = train(run_config, progress=False), run_config.seed  # from the cache when trained before
         for size in sizes:
-            scenes = render_scenes(replace(data, img_size=size), "val", idx)
+            image, label = make_source(replace(data, img_size=size)).batch("val", idx)  # re-rendered or resized
             for aa in (True, False):
                 m = at_resolution(run.vit, size, antialias=aa)
-                feats = collect(m, scenes.image, scenes.label, attn=False)
+                feats = collect(m, image, label, attn=False)
                 layer, g = peak_layer(feats), m.cfg.grid_size
                 out = detect_outliers(feats, layer, k)
                 mean_map = out.ratio.mean(0).reshape(g, g)
                 stripe = float(mean_map.mean(0).var() + mean_map.mean(1).var()) / (float(mean_map.var()) or 1e-12)
                 with torch.no_grad():
-                    acc = float((m(normalize(scenes.image)).argmax(-1) == scenes.label).float().mean())
+                    acc = float((m(normalize(image)).argmax(-1) == label).float().mean())
                 rows.append({"seed": seed, "img_size": size, "grid": g, "antialias": aa, "layer": layer,
                              "share": out.share, "ratio_mean": float(out.ratio.amax(-1).mean()), "stripe": stripe,
                              "accuracy": acc, "mean_map": mean_map.tolist()})
@@ -203,7 +203,9 @@ def _resolution_rows(runs: list[RunConfig], data: ScenesConfig, sizes: tuple[int
 
 def grid_texts(summary: pd.DataFrame, speed: dict[str, Any]) -> dict[str, str]:
     """The register grid's numbers as the chapter prints them (name -> text)."""
-    def best(col: str, lowest: bool = False) -> str:
+    def best(col: str, lowest: bool = False) -> str:  # the register count with the best mean
+        if summary[col].isna().all():
+            return "(no labels in these images)"
         return str(int(summary.loc[summary[col].idxmin() if lowest else summary[col].idxmax(), "registers"]))
 
     def joined(col: str, fmt: str, scale: float = 1.0) -> str:  # mean (± sd over seeds) per count

@@ -246,12 +246,13 @@ def neighbour_similarity(feats: Features) -> Tensor:
     return (total / count).flatten(1)
 
 
-def top_token_placement(feats: Features, background: Tensor, layer: int | str = -1) -> dict[str, float]:
+def top_token_placement(feats: Features, background: Tensor | None, layer: int | str = -1) -> dict[str, float]:
     """Where the largest-norm patch token of each image sits: a threshold-free Fig. 5a.
 
     Args:
         feats: from :func:`collect`.
-        background: ``(B, N)`` bool, the patches that show only background.
+        background: ``(B, N)`` bool, the patches that show only background; ``None`` where the
+            images have no object labels (photographs): the two background numbers are then NaN.
         layer: where the norms are read.
 
     Returns:
@@ -262,8 +263,9 @@ def top_token_placement(feats: Features, background: Tensor, layer: int | str = 
     top = norms_at(feats, layer)["patch"].argmax(1)  # (B,)
     sim = neighbour_similarity(feats)
     rows = torch.arange(len(top))
-    return {"top_on_background": float(background[rows, top].float().mean()),
-            "background_patches": float(background.float().mean()),
+    nan = float("nan")
+    return {"top_on_background": nan if background is None else float(background[rows, top].float().mean()),
+            "background_patches": nan if background is None else float(background.float().mean()),
             "top_similarity": float(sim[rows, top].mean()), "all_similarity": float(sim.mean())}
 
 

@@ -48,22 +48,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import ModelConfig, ScenesConfig, vit_config
-from .profiles import Profile, get_profile
-from .data import normalize
+from .config import DataConfig, ModelConfig, ScenesConfig, vit_config
+from .profiles import Profile, add_arguments, from_arguments
+from .data import make_source, normalize
 from .flops import count_flops
 from .model import build_model
-from .scenes import render_scenes
 from .timing import alternate, mfu, training_step
 
 __all__ = ["generator_rate", "compare_with_timm", "data_share", "analysis_cost", "step_vs_matmul", "pretrained_cost",
            "chapter_times", "build_times", "main"]
 
 
-def _render(cfg: ScenesConfig, batch: int) -> Callable[[], object]:
-    """Render the next ``batch`` training scenes at each call."""
-    starts = itertools.count(0, batch)
-    return lambda: render_scenes(cfg, "train", (np.arange(batch) + next(starts)) % cfg.train_size)
+def _render(cfg: DataConfig, batch: int) -> Callable[[], object]:
+    """Render (or read) the next ``batch`` training images at each call."""
+    starts, source = itertools.count(0, batch), make_source(cfg)
+    n = source.split_size("train")
+    return lambda: source.batch("train", (np.arange(batch) + next(starts)) % n)
 
 
 def generator_rate(img_size: int, batch: int = 256, rounds: int = 8) -> float:
@@ -96,9 +96,10 @@ def compare_with_timm(cfg: ModelConfig, batch: int, pairs: int = 30, device: str
             "ratio": statistics.median(b / a for a, b in zip(t_ours, t_timm)), "pairs": pairs}
 
 
-def data_share(cfg: ModelConfig, data: ScenesConfig, batch: int, iters: int = 10) -> dict[str, float]:
-    """Seconds per batch spent rendering scenes vs in the training step (taking turns), and the render share."""
-    x, y = render_scenes(data, "train", np.arange(batch))[:2]
+def data_share(cfg: ModelConfig, data: DataConfig, batch: int, iters: int = 10) -> dict[str, float]:
+    """Seconds per batch spent rendering (or reading) images vs in the training step (taking turns), and the
+    data's share."""
+    x, y = make_source(data).batch("train", np.arange(batch))
     step = training_step(build_model(cfg).train(), normalize(x), y, amp=False)
     t_data, t_step = alternate([_render(data, batch), step], iters)
     return {"data_s_per_batch": statistics.mean(t_data), "step_s_per_batch": statistics.mean(t_step),
@@ -211,7 +212,7 @@ def build_times(checkout: Path, cache: Path, profile: str, busy: bool = False) -
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--profile", default="cpu", help="whose model and batch size to time (default cpu)")
+    add_arguments(ap, "cpu")  # whose model, data and batch size to time
     ap.add_argument("--out", default=None, help="folder for bench-<device>.json (default: print only)")
     ap.add_argument("--pretrained", action="store_true", help="time only the profile's pretrained models")
     ap.add_argument("--step", action="store_true", help="time only the training step against the matmul rate")
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="time `make book` in this checkout (a fresh clone), cold (empty cache) then warm")
     ap.add_argument("--busy", action="store_true", help="with --build: the cold build beside one CPU-bound process")
     args = ap.parse_args(argv)
-    prof = get_profile(args.profile)
+    prof = from_arguments(ap, args)
     gpu = torch.cuda.is_available()
     res: dict[str, Any] = {
         "command": "python -m regvit_lib.bench " + " ".join(argv if argv is not None else sys.argv[1:]),

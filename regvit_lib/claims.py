@@ -9,14 +9,16 @@ chapter then calls :func:`record_all`; the results land in one JSON file per pro
 book writes the claims of the profile it ran and two profiles can be diffed.
 
 A claim's entry: ``claim`` (the paper's words, paraphrased), ``paper`` (its numbers, quoted),
-``measured`` (ours), ``verdict`` (``reproduced`` / ``partly`` / ``not at this scale``), ``rule``
+``measured`` (ours), ``verdict`` (``reproduced`` / ``partly`` / ``not at this scale`` / ``no labels``), ``rule``
 (how the verdict was computed from ``measured``), ``scale`` (``smoke`` / ``cpu`` / ``gpu`` /
 ``pretrained``: what supports it), ``model`` and ``chapter``.
 
 The rules are deliberately simple and printed beside every verdict. "not at this scale" is the
 verdict whenever our models do not show what the claim is about (for C2-C6, when there are no
 outliers to describe or remove) or show the opposite: it never says that the paper is wrong,
-only that this scale does not support the claim.
+only that this scale does not support the claim. "no labels" is the verdict when a number the
+rule reads could not be measured because the images carry no such label (photographs have class
+labels only: no object masks, segmentation, depth or boxes).
 
 **Seeds.** Every measured number is a list with one value per training seed (a single number
 counts as one seed: a pretrained model). A rule compares means, and counts a difference only when
@@ -36,7 +38,7 @@ from typing import Any
 
 from .cache import atomic_write, cache_root
 
-__all__ = ["CLAIMS", "PAPER", "MIN_SHARE", "TIE", "NEEDS", "spread", "above", "pm", "evidence", "per_seed", "verdict", "record", "record_all", "claims_path",
+__all__ = ["CLAIMS", "PAPER", "MIN_SHARE", "TIE", "NEEDS", "NO_LABELS", "spread", "above", "pm", "evidence", "per_seed", "verdict", "record", "record_all", "claims_path",
            "load_claims", "table", "high_norm_claims", "register_claims", "ablation_claims", "resolution_claim",
            "headline"]
 
@@ -62,6 +64,10 @@ NEEDS: dict[str, tuple[str, ...]] = {
 
 
 _NONE = "not at this scale"
+NO_LABELS = "no labels"
+# The measured keys that need more than class labels (object masks, segmentation, depth, boxes): NaN on photographs.
+_LABELLED: dict[str, tuple[str, ...]] = {"C3": ("top_on_background", "background_patches"), "C7": ("without", "with"),
+                                         "C8": ("without", "with"), "A2": ("miou_by_count", "rmse_by_count")}
 Values = float | list[float]  # one number per seed (a bare number: one seed)
 
 
@@ -212,6 +218,8 @@ def verdict(claim: str, m: dict[str, Any]) -> tuple[str, str]:
         return _NONE, "no outlier tokens (C1) to describe"
     if missing := [key for key in NEEDS[claim] if key not in m]:
         raise KeyError(f"claim {claim} needs the measured keys {missing}; got {sorted(m)}")
+    if unlabelled := [key for key, v in _flat(m, _LABELLED.get(claim, ())).items() if spread(v)[2] == 0]:
+        return NO_LABELS, f"not measured on these images, which have no labels for it: {', '.join(unlabelled)}"
     if claim == "C6" and _outliers(m["share_without"]) == "none":
         return _NONE, "no outlier tokens without registers (C1): nothing to remove"
     if claim == "A1" and _outliers(m["share_by_count"]["0"]) == "none":

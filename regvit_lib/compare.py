@@ -34,13 +34,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .analysis import OUTLIER_K, Features, collect, detect_outliers, lost_keys, peak_layer, tokens_at
 from .cache import cached, code_version
-from .config import HMHSA, AViT, ConfigError, Mamba, Memory, ModelConfig, RunConfig, ScenesConfig, TokenLearner, Victor
-from .data import normalize
+from .config import HMHSA, AViT, ConfigError, Mamba, Memory, ModelConfig, RunConfig, TokenLearner, Victor
+from .data import labelled, make_source, normalize
 from .flops import count_flops
 from .model import Block, Encoder, RegViT, count_parameters
 from .probes import corloc, dense_probes, lost
-from .profiles import Profile, get_profile
-from .scenes import render_scenes
+from .profiles import Profile, add_arguments, from_arguments, get_profile
 from .train import TRAIN_CODE, TrainedRun, run_code, train
 
 __all__ = ["Method", "METHODS", "check_methods", "method_run", "comparison_runs", "measure_run", "throughput",
@@ -213,21 +212,21 @@ def _measure(done: TrainedRun, images: int, k: float, maps: int) -> dict[str, An
 
     run, model = done.config, done.model
     data = run.data
-    if not isinstance(data, ScenesConfig):
-        raise ConfigError(f"the comparison measures on the procedural scenes, got {type(data).__name__}")
-    scenes = render_scenes(data, "val", np.arange(min(images, data.split_size("val"))))
+    scenes = labelled(data, "val", np.arange(min(images, make_source(data).split_size("val"))))
     feats = collect(model, scenes.image, scenes.label, attn=True, batch_size=50)
     layer = peak_layer(feats)
     out = detect_outliers(feats, layer, k)
-    dense = dense_probes(feats, scenes.seg, scenes.depth, num_seg_classes=1 + len(data.shapes), seed=run.seed)
+    dense = dense_probes(feats, scenes.seg, scenes.depth, scenes.seg_classes, seed=run.seed)
     keys, lost_on = _discovery_keys(model, feats)
     boxes = lost(keys, feats.grid, run.model.patch_size)
+    located = math.nan if scenes.boxes is None or scenes.box_valid is None else \
+        corloc(boxes, scenes.boxes, scenes.box_valid)  # NaN: no boxes in these images, "no labels"
     mass, holder, sink_block = _sink(feats)
     picture, what = _summary_map(model, feats, maps)
     row: dict[str, Any] = {
         "key": done.key, "seed": run.seed, "params": count_parameters(model), "gflops": count_flops(run.model) / 1e9,
         "test_acc": done.metrics["test_acc"], "segmentation_miou": dense.segmentation_miou,
-        "depth_rmse": dense.depth_rmse, "corloc": corloc(boxes, scenes.boxes, scenes.box_valid), "lost_on": lost_on,
+        "depth_rmse": dense.depth_rmse, "corloc": located, "lost_on": lost_on,
         "outlier_share": out.share, "ratio_mean": float(out.ratio.amax(-1).mean()), "outlier_block": layer,
         "blocks_with_patches": int(feats.norms.shape[1]), "sink_mass": mass, "sink_on": holder,
         "sink_block": sink_block, "map": picture, "map_of": what, "train_seconds": done.metrics["train_seconds"],
@@ -278,15 +277,15 @@ def pretrained_test_time_registers(profile: Profile, choice: bool | str = True, 
             continue
 
         def compute(s: Any = s) -> dict[str, Any]:
-            n = min(images, len(s.scenes.image))
+            n = min(images, len(s.batch))
             before = detect_outliers(s.feats, s.layer, k)  # every image of the subject
             row: dict[str, Any] = {"model": s.name, "images": n, "outliers_before": before.share,
                                    "ratio_before": float(before.ratio.amax(-1).mean())}
             try:
-                found = find_register_neurons(s.model, s.scenes.image[:n], k=k)
+                found = find_register_neurons(s.model, s.batch.image[:n], k=k)
             except NoOutliers as e:
                 return row | {"test-time registers": f"not applicable: {e}"}
-            after = _with_ttr(s.model, found, s.scenes, k, n)
+            after = _with_ttr(s.model, found, s.batch, k, n)
             return row | {"test-time registers": f"applied: {len(found.neurons)} neurons, detected at block "
                                                   f"{found.detect_block}", "outliers_after": after["outlier_share"],
                           "ratio_after": after["ratio_mean"]}
@@ -341,7 +340,7 @@ def run_comparison(profile: Profile, methods: Sequence[str] | None = None, seeds
     names = check_methods(methods)
     runs = comparison_runs(profile, names, seeds)
     seeds = len(runs) // len(names)
-    images = min(images, profile.data.split_size("val"))
+    images = min(images, make_source(profile.data).split_size("val"))
     train_all(runs, workers=workers, progress=progress)
     rows = []
     for i, (name, run) in enumerate(zip([n for n in names for _ in range(seeds)], runs)):
@@ -350,8 +349,8 @@ def run_comparison(profile: Profile, methods: Sequence[str] | None = None, seeds
         rows.append({"method": name, "label": METHODS[name].label, "family": METHODS[name].family,
                      **measure_run(run, images, k)})
     first = {name: train(run, progress=False).model for name, run in zip(names, runs[::seeds])}
-    speed = throughput(first, render_scenes(profile.data, "val", np.arange(min(64, images))).image)
-    return {"profile": profile.name, "seeds": seeds, "images": images, "k": k, "rows": rows, "speed": speed,
+    speed = throughput(first, make_source(profile.data).batch("val", np.arange(min(64, images)))[0])
+    return {"profile": profile.name, "data": profile.data_spec, "seeds": seeds, "images": images, "k": k, "rows": rows, "speed": speed,
             "device": str(next(first[names[0]].parameters()).device), "threads": torch.get_num_threads(), "seconds": time.perf_counter() - t0,
             "notes": {n: METHODS[n].note for n in names}}
 
@@ -469,7 +468,7 @@ def main(argv: list[str] | None = None) -> None:
     from .emergence import git_commit
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--profile", default="cpu")
+    add_arguments(ap, "cpu")
     ap.add_argument("--out", default=str(COMPARE_DIR.relative_to(Path.cwd()) if COMPARE_DIR.is_relative_to(Path.cwd())
                                           else COMPARE_DIR), help="folder for <profile>.json")
     ap.add_argument("--methods", nargs="+", default=None, help=f"default: all of {list(METHODS)}")
@@ -478,9 +477,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--k", type=float, default=OUTLIER_K)
     ap.add_argument("--workers", type=int, default=None)
     args = ap.parse_args(argv)
+    prof = from_arguments(ap, args)
     try:
-        prof = get_profile(args.profile)
-        prof.check_device()
         check_methods(args.methods)
         runs = comparison_runs(prof, args.methods, args.seeds)  # every setting checked before any compute
     except (ConfigError, ValueError) as e:

@@ -16,7 +16,8 @@ from typing import Any, Literal, get_args
 
 __all__ = ["ConfigError", "ATTENTIONS", "Memory", "TokenLearner", "AViT", "Mamba", "Victor", "HMHSA", "Variant",
            "ModelConfig", "VIT_SIZES", "vit_config", "SHAPES", "BACKGROUNDS", "SPLITS",
-           "ScenesConfig", "FractalConfig", "ImageData", "DataConfig", "TrainConfig", "RunConfig"]
+           "ScenesConfig", "FractalConfig", "ImageData", "DataConfig", "DATA_CHOICES", "parse_data", "data_spec",
+           "data_label", "TrainConfig", "RunConfig"]
 
 PoolKind = Literal["token", "avg"]
 AttentionKind = Literal["softmax", "off_by_one", "kv_bias", "gated"]
@@ -395,6 +396,45 @@ class ImageData:
 
 
 DataConfig = ScenesConfig | FractalConfig | ImageData
+
+DATA_CHOICES = ("scenes", "fractals", *(f"{name}:DIR" for name in get_args(RealName)))
+
+
+def parse_data(spec: str, like: ScenesConfig) -> DataConfig:
+    """A data option as a reader types it (a chapter's ``data`` parameter, ``--data``, ``$REGVIT_DATA``).
+
+    Args:
+        spec: ``"scenes"`` (``like`` itself), ``"fractals"``, or ``"NAME:DIR"`` with NAME one of
+            ``cifar10``, ``stl10``, ``imagenette`` (downloaded into DIR by
+            ``python -m regvit_lib.data fetch NAME --root DIR``) or ``folder`` (DIR holds
+            ``train/<class>/<image>`` and ``val/<class>/<image>``).
+        like: the profile's scenes, whose image size and split sizes the other sets take.
+
+    Raises:
+        ConfigError: naming the value and the accepted forms.
+    """
+    if not isinstance(spec, str):
+        raise ConfigError(f"data must be a string, one of {list(DATA_CHOICES)}; got {spec!r}")
+    name, sep, root = spec.strip().partition(":")
+    if spec.strip() == "scenes":
+        return like
+    if spec.strip() == "fractals":
+        return FractalConfig(img_size=like.img_size, train_size=like.train_size, val_size=like.val_size,
+                             test_size=like.test_size)
+    if not sep or name not in get_args(RealName) or not root.strip():
+        raise ConfigError(f"data={spec!r} is not one of {list(DATA_CHOICES)} (DIR: the folder that holds the images)")
+    return ImageData(name=name, root=root.strip(), img_size=like.img_size,  # type: ignore[arg-type]  # checked above
+                     val_size=like.val_size)
+
+
+def data_spec(data: DataConfig) -> str:
+    """The spec :func:`parse_data` reads back to ``data`` (scenes: ``"scenes"`` whatever their settings)."""
+    return f"{data.name}:{data.root}" if isinstance(data, ImageData) else data.kind
+
+
+def data_label(data: DataConfig) -> str:
+    """A short name of the data set: ``scenes``, ``fractals``, ``cifar10``, ``folder`` ..."""
+    return data.name if isinstance(data, ImageData) else data.kind
 
 
 @dataclass(frozen=True)

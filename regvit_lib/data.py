@@ -17,6 +17,7 @@ model's input), and real photographs for the figures (:func:`sample_photo`, :fun
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
@@ -32,7 +33,8 @@ from .config import ConfigError, DataConfig, FractalConfig, ImageData, ScenesCon
 from .scenes import _checked_indices, _Draws, _uniforms, render_scenes
 
 __all__ = ["render_fractals", "DataSource", "make_source", "batch_indices", "normalize", "IMAGENET_MEAN",
-           "IMAGENET_STD", "sample_photo", "photos", "PHOTOS", "FETCHABLE", "fetch", "fetch_command", "main"]
+           "IMAGENET_STD", "sample_photo", "photos", "PHOTOS", "FETCHABLE", "fetch", "fetch_command", "main",
+           "LabelledBatch", "labelled"]
 
 def _ifs(cfg: FractalConfig, labels: np.ndarray, jitter: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per image, the (jittered) maps of its class: ``A`` (B, M, 2, 2), ``b`` (B, M, 2)."""
@@ -204,13 +206,50 @@ def fetch(name: str, root: Path | str) -> int:
     return make_source(data).split_size("train")
 
 
+@lru_cache(maxsize=8)
 def make_source(cfg: DataConfig) -> DataSource:
-    """The :class:`DataSource` of a data config (scenes, fractals or real images)."""
+    """The :class:`DataSource` of a data config (scenes, fractals or real images); one per config and
+    process, so a set of real images is opened once however many chapters read it."""
     if isinstance(cfg, (ScenesConfig, FractalConfig)):
         return _GeneratedSource(cfg)
     if isinstance(cfg, ImageData):
         return _ImageSource(cfg)
     raise ConfigError(f"unknown data config {cfg!r}")
+
+
+@dataclass(frozen=True)
+class LabelledBatch:
+    """Images with every label their data set has: what the chapters measure and probe on.
+
+    ``image`` and ``label`` always; the rest only where the set has them, else ``None``:
+    ``foreground`` (``(B, H, W)``, 0 off the objects: scenes and fractals), ``seg`` and ``depth``
+    (``(B, H, W)``: the scenes' segmentation, 0 background and 1 + shape index, and depth),
+    ``boxes`` / ``box_valid`` (``(B, K, 4)`` / ``(B, K)``: the scenes' objects). Real photographs
+    have class labels only, so a probe that needs the others reports "no labels".
+    """
+
+    image: Tensor  # (B, 3, H, W) in [0, 1]
+    label: Tensor  # (B,) int64
+    foreground: Tensor | None = None
+    seg: Tensor | None = None
+    depth: Tensor | None = None
+    boxes: Tensor | None = None
+    box_valid: Tensor | None = None
+    seg_classes: int = 0  # segmentation classes, background included (0 without ``seg``)
+
+    def __len__(self) -> int:
+        return len(self.image)
+
+
+def labelled(cfg: DataConfig, split: str, indices: Sequence[int] | np.ndarray) -> LabelledBatch:
+    """The images ``indices`` of ``split`` with every label the data set has (:class:`LabelledBatch`)."""
+    if isinstance(cfg, ScenesConfig):
+        sc = render_scenes(cfg, split, indices)
+        return LabelledBatch(sc.image, sc.label, sc.seg, sc.seg, sc.depth, sc.boxes, sc.box_valid, 1 + len(cfg.shapes))
+    image, label = make_source(cfg).batch(split, np.asarray(indices))
+    if isinstance(cfg, FractalConfig):  # the drawn pixels are the object; the rest is exactly black
+        return LabelledBatch(image, label, foreground=(image.amax(1) > 0).long())
+    return LabelledBatch(image, label)
 
 
 @lru_cache(maxsize=4)

@@ -27,10 +27,10 @@ def write_card(out: Path, n: int = 2_000) -> dict[str, dict]:
     from . import plots
 
     out.mkdir(parents=True, exist_ok=True)
-    stats = {p.name: scene_stats(p.data, p.model.patch_size, n=n) for p in map(get_profile, ("cpu", "gpu"))}
+    stats = {p.name: scene_stats(p.scenes, p.model.patch_size, n=n) for p in map(get_profile, ("cpu", "gpu"))}
     cpu = get_profile("cpu")
     plots.use_style()
-    big = replace(cpu.data, img_size=64)
+    big = replace(cpu.scenes, img_size=64)
     rows = {bg: render_scenes(replace(big, backgrounds=(bg,)), "val", np.arange(6)) for bg in big.backgrounds}
     names = [f"{k + 1} object{'s' if k else ''}" for k in range(big.num_classes)]
     plots.scenes_grid(rows, names).savefig(out / "grid.png")
@@ -42,7 +42,7 @@ def write_card(out: Path, n: int = 2_000) -> dict[str, dict]:
                       f"{v['background_spread']:.3f} |" for k, v in stats["cpu"]["per_background"].items())
     classes = ", ".join(f"{100 * c:.1f} %" for c in stats["cpu"]["class_share"])
     (out / "README.md").write_text(_CARD.read_text().format(images=n, table=table, kinds=kinds, classes=classes,
-                                                max_objects=cpu.data.max_objects, last_class=cpu.data.max_objects - 1,
+                                                max_objects=cpu.scenes.max_objects, last_class=cpu.scenes.max_objects - 1,
                                                 cpu_patch=cpu.model.patch_size))
     (out / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
     return stats

@@ -17,7 +17,8 @@ Each *axis* varies one thing around the profile's recipe (``profile.run()``):
 * ``optimiser`` -- weight decay 0.3; peak learning rate x2.5;
 * ``shape``     -- width x depth at about the same compute (wider-shallower, narrower-deeper);
 * ``data``      -- scenes with only flat / only noise / only striped backgrounds, and
-  FractalDB-style fractals on black (92 % of the canvas exactly black);
+  FractalDB-style fractals on black (92 % of the canvas exactly black); only when the profile
+  studies the scenes (``--data cifar10:DIR`` runs every other axis on those images);
 * ``objective`` -- the small DINO of :mod:`regvit_lib.selfsup` (no labels; accuracy by k-NN),
   without and with 4 registers: DINOv2's objective, where the paper's artifacts are strongest;
 * ``registers`` -- 4 registers, with [CLS] and with average pooling.
@@ -27,6 +28,7 @@ Norm ratios are taken over blocks 1 and up: block 0 reacts to the raw contrast o
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -41,13 +43,13 @@ import pandas as pd
 from .analysis import collect, top_token_placement
 from .cache import Store, cached, code_version
 from .config import ConfigError, FractalConfig, RunConfig, ScenesConfig
-from .profiles import Profile, get_profile
-from .data import make_source
-from .scenes import background_patches, render_scenes
+from .profiles import PROFILES, Profile, add_arguments, from_arguments, get_profile
+from .data import labelled, make_source
+from .scenes import background_patches
 from .summaries import RATIO_BINS, studied_block
 from .train import TRAIN_CODE, TrainedRun, run_store, train
 
-__all__ = ["study_points", "run_study", "study_row", "study_table", "load_study", "stored_study", "headline",
+__all__ = ["study_points", "run_study", "study_row", "study_table", "load_study", "stored_study", "study_for", "stored_elsewhere", "headline",
            "headline_texts", "COMPUTE_AXES", "STUDY_DIR", "main"]
 
 # The axes along which only the compute (and the seed) changes: the study's compute axis.
@@ -77,8 +79,13 @@ def study_points(profile: Profile) -> list[tuple[str, str, RunConfig]]:
         return replace(base if f == 1 else scaled, seed=seed)
 
     patch, wide, narrow = 2 * m.patch_size, int(m.embed_dim * 1.5), m.embed_dim // 2 + m.embed_dim // 4
-    frac = FractalConfig(img_size=d.img_size, num_classes=10, train_size=d.train_size, val_size=d.val_size,
-                         test_size=d.test_size)
+    data_axis: list[tuple[str, str, RunConfig]] = []
+    if isinstance(d, ScenesConfig):  # the data axis varies the scenes; on real images or fractals there is none
+        frac = FractalConfig(img_size=d.img_size, num_classes=10, train_size=d.train_size, val_size=d.val_size,
+                             test_size=d.test_size)
+        data_axis = [*[("data", f"{bg} backgrounds only", replace(base, data=replace(d, backgrounds=(bg,))))
+                       for bg in ("flat", "noise", "texture")],
+                     ("data", "fractals on black", replace(base, data=frac, model=replace(m, num_classes=10)))]
     # DINO's learning rate is lower than the supervised one (DINO: 5e-4 per 256 images); at the
     # profile's supervised rate, 2e-3, the small DINO drifted towards uniform attention.
     dino = replace(t, objective="dino", lr=min(t.lr, 5e-4))
@@ -95,9 +102,7 @@ def study_points(profile: Profile) -> list[tuple[str, str, RunConfig]]:
         ("shape", f"wider, shallower ({wide} x {m.depth // 2})", with_model(embed_dim=wide, depth=m.depth // 2 or 1)),
         ("shape", f"narrower, deeper ({narrow} x {m.depth * 2})",
          with_model(embed_dim=narrow, depth=m.depth * 2, num_heads=m.num_heads // 2 or 1)),
-        *[("data", f"{bg} backgrounds only", replace(base, data=replace(d, backgrounds=(bg,))))
-          for bg in ("flat", "noise", "texture")],
-        ("data", "fractals on black", replace(base, data=frac, model=replace(m, num_classes=10))),
+        *data_axis,
         ("objective", "DINO self-distillation", replace(base, model=replace(m, num_classes=0), train=dino)),
         ("objective", "DINO, 4 registers", replace(base, model=replace(m, num_classes=0, num_registers=4), train=dino)),
         ("registers", "4 registers", with_model(num_registers=4)),
@@ -130,18 +135,16 @@ def placement(run: TrainedRun, layer: int, n_images: int = 256) -> dict[str, flo
     Returns:
         ``top_on_background`` (share of images whose largest-norm patch token in ``layer`` lies
         on a background patch), ``background_patches`` (the base rate: share of all patches
-        that are background), ``top_similarity`` / ``all_similarity`` (mean cosine similarity
-        to the 4 neighbours after the patch embedding, of those tokens / of all patches).
+        that are background; both NaN on photographs, which have no object labels),
+        ``top_similarity`` / ``all_similarity`` (mean cosine similarity to the 4 neighbours after
+        the patch embedding, of those tokens / of all patches).
     """
     data = run.config.data
-    idx = np.arange(min(n_images, make_source(data).split_size("val")))
-    if isinstance(data, ScenesConfig):  # rendered once: images, labels and the objects' segmentation
-        images, labels, objects = render_scenes(data, "val", idx)[:3]
-    else:  # fractals: the objects are the non-black pixels
-        images, labels = make_source(data).batch("val", idx)
-        objects = images.sum(1)
-    feats = collect(run.model, images, labels, attn=False)
-    return top_token_placement(feats, background_patches(objects, run.config.model.patch_size), layer)
+    batch = labelled(data, "val", np.arange(min(n_images, make_source(data).split_size("val"))))
+    feats = collect(run.model, batch.image, batch.label, attn=False)
+    fg = batch.foreground  # the scenes' objects, the fractals' drawn pixels; photographs: none (NaN)
+    return top_token_placement(feats, None if fg is None else background_patches(fg, run.config.model.patch_size),
+                               layer)
 
 
 def run_study(profile: Profile, root: Path | str | None = None, progress: bool = False, k: float = 4.0,
@@ -206,13 +209,21 @@ def stored_study(profile: str, folder: Path | str = STUDY_DIR,
         build"``, the others ``"stored"``).
     """
     folder = Path(folder)
-    for path in (folder / f"{profile}.json", folder / "cpu.json"):
+    base, _, data = profile.partition("-")  # "cpu-cifar10": cpu's model and recipe on other images
+    fallback = () if data else (folder / "cpu.json",)  # the scenes' study stands in only for scenes
+    for path in (folder / f"{profile}.json", *fallback):
         if path.is_file():
             doc = load_study(path)
             break
     else:
-        raise FileNotFoundError(f"no stored study in {folder}; run: python -m regvit_lib.emergence --profile {profile}")
-    runs = {label: run for _, label, run in study_points(get_profile(doc["profile"]))}
+        how = f" --data {data}:DIR" if data else ""
+        raise FileNotFoundError(f"no stored study of {profile!r} in {folder}; run: python -m regvit_lib.emergence "
+                                f"--profile {base}{how}")
+    try:  # the study's own profile and data ("cpu-cifar10" is cpu on cifar10:DIR)
+        made = get_profile(doc["profile"].split("-", 1)[0], doc.get("data"))
+        runs = {label: run for _, label, run in study_points(made)}
+    except FileNotFoundError:  # its images are not on this machine: every row is shown as stored
+        runs = {}
     rows, replaced = [], []
     for r in doc["rows"]:
         store = run_store(runs[r["label"]], root) if r["label"] in runs else None
@@ -224,6 +235,45 @@ def stored_study(profile: str, folder: Path | str = STUDY_DIR,
             replaced.append(r["label"])
         rows.append({"source": "stored", **r})
     return {**doc, "rows": rows, "replaced": replaced}, path
+
+
+def stored_elsewhere(folder: Path | str, shown: str) -> list[tuple[dict[str, Any], Path]]:
+    """Every result file stored in ``folder`` (``<profile>.json``) but the one of profile ``shown``: what
+    readers with more hardware or other images committed (``gpu.json``, ``colab.json``,
+    ``cpu-cifar10.json``), each read as stored, in name order. A file that is not valid JSON is named
+    in the error, not skipped."""
+    out = []
+    for path in sorted(Path(folder).glob("*.json")):
+        try:
+            doc = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not a readable result file ({e}); remake it with its command") from e
+        if doc.get("profile") != shown:
+            out.append((doc, path))
+    return out
+
+
+def study_for(profile: Profile, rerun: bool = False, folder: Path | str = STUDY_DIR,
+              root: Path | str | None = None) -> tuple[dict[str, Any], str]:
+    """What chapter 4 shows: the stored study of ``profile`` (:func:`stored_study`), or the study run
+    now (through the cache) when ``rerun`` or when none is stored for its data (a profile made on
+    real images: :meth:`~regvit_lib.profiles.Profile.with_data`).
+
+    Returns:
+        The document (``profile``, ``command``, ``rows``; ``replaced`` when stored) and a sentence
+        saying where it came from.
+    """
+    if not rerun:
+        try:
+            doc, path = stored_study(profile.name, folder, root)
+            return doc, f"{path.name} in {Path(folder).name}/, {len(doc['replaced'])} rows from this build's own runs"
+        except FileNotFoundError:
+            if profile.name in PROFILES:  # a stored study belongs to every scenes profile: a lost file is an error
+                raise
+    rows = run_study(profile, root)
+    return ({"profile": profile.name, "data": profile.data_spec, "command": "emergence.run_study in this build",
+             "rows": rows, "replaced": []}, "this build (run now, through the cache: none was stored for its data)"
+            if not rerun else "this build (rerun_study=True)")
 
 
 def headline(rows: list[dict[str, Any]], paper_ratio: float = 10.0, sink_level: float = 0.5) -> dict[str, Any]:
@@ -279,12 +329,16 @@ def headline(rows: list[dict[str, Any]], paper_ratio: float = 10.0, sink_level: 
             "sink_onset_step": None if onset is None else onset["step"]}
 
 
+_NO_MASKS = "not measured where they sit: these images have no object labels"
+
+
 def headline_texts(h: dict[str, Any], k: float = 4.0) -> dict[str, str]:
     """The study's numbers as the chapter prints them (name -> text), from :func:`headline`."""
     verdict = "No run develops high-norm outliers."
     if not (h["best_share"] == 0 and h["best_ratio"] < k):
         on_background = h["share_on_background"] > h["share_background_patches"]
-        where = ("on background, where the paper's outliers sit" if on_background
+        where = (_NO_MASKS if math.isnan(h["share_on_background"]) else
+                 "on background, where the paper's outliers sit" if on_background
                  else "but its largest tokens lie on objects, not on the redundant background where the paper's "
                       "outliers sit")
         verdict = (f"The most tokens above {k:g} times their image's median are in {h['share_run']}: "
@@ -302,7 +356,8 @@ def headline_texts(h: dict[str, Any], k: float = 4.0) -> dict[str, str]:
             "slope": f"{h['slope']:+.2f}", "k": f"{k:g}", "top_bg": f"{100 * h['top_on_background']:.0f}",
             "base_bg": f"{100 * h['background_patches']:.0f}", "top_sim": f"{h['top_similarity']:.2f}",
             "all_sim": f"{h['all_similarity']:.2f}", "max_top_bg": f"{100 * h['max_top_on_background']:.0f}",
-            "placement": "objects, the non-redundant patches; the paper's outliers sit on redundant background"
+            "placement": _NO_MASKS if math.isnan(h["top_on_background"]) else
+                         "objects, the non-redundant patches; the paper's outliers sit on redundant background"
                          if h["top_on_background"] < h["background_patches"] else
                          "background, more often than chance: where the paper's outliers sit",
             "verdict": verdict, "slope_se": "n/a" if h["slope_se"] is None else f"{h['slope_se']:.2f}",
@@ -325,18 +380,14 @@ def git_commit() -> str | None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--profile", default="cpu")
+    add_arguments(ap, "cpu")
     ap.add_argument("--out", default="data/emergence", help="folder for <profile>.json")
     ap.add_argument("--k", type=float, default=4.0, help="outlier rule: k x the image's median norm")
     ap.add_argument("--workers", type=int, default=None, help="parallel training processes (default: one per core)")
     ap.add_argument("--axes", nargs="+", default=None, help="only these axes (default: all); with an "
                     "existing file, its rows of these axes are replaced and the others kept")
     args = ap.parse_args(argv)
-    prof = get_profile(args.profile)
-    try:
-        prof.check_device()
-    except ConfigError as e:
-        ap.error(str(e))
+    prof = from_arguments(ap, args)
     points = study_points(prof)
     known, axes = {a for a, _, _ in points}, None if args.axes is None else set(args.axes)
     if axes is not None and not axes <= known:
@@ -357,7 +408,7 @@ def main(argv: list[str] | None = None) -> None:
         order = [label for _, label, _ in points]  # study order; unknown labels last
         rows = sorted(kept + rows, key=lambda r: order.index(r["label"]) if r["label"] in order else len(order))
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"command": command, "profile": prof.name, "k": args.k, **stamp, "rows": rows,
+    doc = {"command": command, "profile": prof.name, "data": prof.data_spec, "k": args.k, **stamp, "rows": rows,
            "code_versions": sorted({r["code"] for r in rows})}
     path.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {path}", file=sys.stderr)

@@ -1,14 +1,17 @@
-"""What the chapters measure: a model, the labelled scenes it is probed on, and what they show.
+"""What the chapters measure: a model, the labelled images it is probed on, and what they show.
 
 A chapter says which model (the profile's, with some registers, or a pretrained one) and gets a
-:class:`Subject`: the model, one forward pass over labelled scenes (every token and attention
-map), and the block where its norms are read. The functions below turn a subject into the
+:class:`Subject`: the model, one forward pass over labelled validation images of the profile's
+data (every token and attention map), and the block where its norms are read. The images are the
+procedural scenes, which carry every label, unless the profile was made on another set
+(:meth:`~regvit_lib.profiles.Profile.with_data`): real photographs carry class labels only, so the
+probes that need segmentation, depth, boxes or object masks report NaN, "no labels". The functions below turn a subject into the
 numbers and tables of chapters 2 and 3 (the paper's Sec. 2 and Sec. 3) as snake_case records;
 :mod:`regvit_lib.labels` names their columns for display, :mod:`regvit_lib.plots` draws them and
 :mod:`regvit_lib.claims` turns them into verdicts.
 
 For a pretrained model (an alias of :data:`~regvit_lib.profiles.PRETRAINED`; its weights are
-fetched by :mod:`regvit_lib.pretrained`) the scenes are rendered at the model's input size, so
+fetched by :mod:`regvit_lib.pretrained`) the images are taken at the model's input size, so
 the probes that need labels (segmentation, depth, boxes, class) run on it too, and the
 photographs of :func:`regvit_lib.data.photos` are shown in the figures. Its forward pass keeps
 only the two blocks the measurements read (the studied block, chosen on the first batch, and
@@ -17,6 +20,7 @@ the last block's input) and is cached, keyed by the SHA-256 of the weights file.
 note saying why they were skipped.
 """
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import cache as once, cached_property
@@ -31,13 +35,13 @@ from .analysis import (OUTLIER_K, Features, attention_to_patches, collect, detec
                        neighbour_similarity, norms_at, pca_rgb, peak_layer, peak_of_norms, positive_control,
                        tokens_at, top_token_placement)
 from .cache import Store, cached
-from .config import ConfigError, ModelConfig, RunConfig, ScenesConfig
+from .config import ConfigError, DataConfig, ImageData, ModelConfig, RunConfig
 from .profiles import PretrainedSet, Profile, alias_of, has_registers
-from .data import photos
+from .data import LabelledBatch, labelled, make_source, photos
 from .model import RegViT, count_parameters
 from .pretrained import WEIGHTS_ENV_VAR, WeightsUnavailable, load_pretrained, resolve, twin, weights_file, weights_id
 from .probes import corloc, dense_probes, lost, probe_summary
-from .scenes import SceneBatch, background_patches, render_scenes
+from .scenes import background_patches
 from .summaries import sink_summary
 from .train import TrainedRun, train
 
@@ -48,19 +52,19 @@ __all__ = ["PRETRAINED_BATCH", "Subject", "load_subject", "seed_runs", "load_see
 
 @dataclass
 class Subject:
-    """A model under study and one forward pass over labelled scenes."""
+    """A model under study and one forward pass over labelled images."""
 
     name: str  # e.g. "cpu, 4 registers" or "dinov2-g" (the seeds of one model share its name)
     scale: str  # the profile's name, or "pretrained"
     load_model: Callable[[], RegViT]  # the model, loaded when first asked for (see ``model``)
-    feats: Features  # one pass over ``scenes``: every token and attention map (ours); lean (pretrained)
-    scenes: SceneBatch  # the labels: class, segmentation, depth, boxes
-    data: ScenesConfig  # the scenes' configuration (for background masks)
+    feats: Features  # one pass over ``batch``: every token and attention map (ours); lean (pretrained)
+    batch: LabelledBatch  # the images and their labels: class; segmentation, depth, boxes where the data has them
+    data: DataConfig  # the data they come from
     layer: int  # the studied block: the largest mean max/median ratio (blocks >= 1; pretrained: on the first batch)
     run: TrainedRun | None  # the training run (our models), with its curves; None when pretrained
-    visual: Tensor  # images shown in the figures: the first scenes, or photographs (pretrained)
+    visual: Tensor  # images shown in the figures: the first images, or photographs (pretrained)
     params: int  # the model's parameter count
-    key: str  # what decides ``feats``: the run's or the weights' cache key, and the scenes; keys the probes' cache
+    key: str  # what decides ``feats``: the run's or the weights' cache key, and the images; keys the probes' cache
     seed: int | None = None  # the training seed of our model; None when pretrained
 
     @cached_property
@@ -75,14 +79,14 @@ class Subject:
 
 def load_subject(profile: Profile, registers: int = 0, pretrained: str | None = None, images: int = 400,
                  img_size: int = 224, seed: int | None = None, **model_overrides: Any) -> Subject:
-    """Train (or load from the cache) or fetch a model, and run it over labelled scenes.
+    """Train (or load from the cache) or fetch a model, and run it over labelled images.
 
     Args:
         profile: the book's profile: its model and data, unless ``pretrained``.
         registers: number of registers of our model; for a pretrained DINOv2, 0 picks the model
             without registers and anything else its ``reg4`` twin.
         pretrained: an alias or timm name (:mod:`regvit_lib.pretrained`).
-        images: how many validation scenes to probe on.
+        images: how many validation images to probe on (at most the split's).
         img_size: input size of the pretrained model (a multiple of its patch size).
         seed: training seed of our model (default: the profile's).
         model_overrides: other :class:`~regvit_lib.config.ModelConfig` fields of our model
@@ -99,15 +103,17 @@ def load_subject(profile: Profile, registers: int = 0, pretrained: str | None = 
             if (other := twin(name)) is None:
                 raise ValueError(f"{name} has no twin {'with' if registers else 'without'} registers")
             name = other
-        return _pretrained_subject(name, replace(profile.data, img_size=img_size,
-                                                 val_size=max(images, profile.data.val_size)), images)
+        data = replace(profile.data, img_size=img_size)
+        if not isinstance(data, ImageData):  # rendered: as many validation images as asked for
+            data = replace(data, val_size=max(images, data.val_size))
+        return _pretrained_subject(name, data, min(images, make_source(data).split_size("val")))
     run = train(profile.run(seed=seed, num_registers=registers, **model_overrides), progress=False)
     extra = "".join(f", {k}={v}" for k, v in model_overrides.items())
     name = f"{profile.name}, {registers} register{'s' * (registers != 1)}{extra}"
-    scenes = render_scenes(profile.data, "val", np.arange(min(images, profile.data.val_size)))
-    feats = collect(run.model, scenes.image, scenes.label, attn=True, batch_size=32)
-    return Subject(name, profile.name, lambda: run.vit, feats, scenes, profile.data, peak_layer(feats), run,
-                   scenes.image[:4], count_parameters(run.model), f"{run.key}/{len(scenes.image)}", run.config.seed)
+    batch = labelled(profile.data, "val", np.arange(min(images, make_source(profile.data).split_size("val"))))
+    feats = collect(run.model, batch.image, batch.label, attn=True, batch_size=32)
+    return Subject(name, profile.name, lambda: run.vit, feats, batch, profile.data, peak_layer(feats), run,
+                   batch.image[:4], count_parameters(run.model), f"{run.key}/{len(batch)}", run.config.seed)
 
 
 def seed_runs(profile: Profile, registers: int = 0) -> list[RunConfig]:
@@ -132,15 +138,15 @@ def _cached_probe(subject: Subject, kind: str, compute: Any, **config: Any) -> d
     return cached(kind, dict(subject=subject.key, **config), _PROBES_CODE, compute)
 
 
-def _pretrained_subject(name: str, data: ScenesConfig, images: int) -> Subject:
-    """A pretrained model over ``images`` labelled scenes: one lean forward pass, cached by the weights'
-    SHA-256. The model itself is read from its file only when the pass (or a figure) needs it."""
+def _pretrained_subject(name: str, data: DataConfig, images: int) -> Subject:
+    """A pretrained model over ``images`` labelled validation images: one lean forward pass, cached by the
+    weights' SHA-256. The model itself is read from its file only when the pass (or a figure) needs it."""
     import timm
 
     path = weights_file(name)
     model = once(lambda: load_pretrained(name, img_size=data.img_size, checkpoint=path).to(
         "cuda" if torch.cuda.is_available() else "cpu"))
-    scenes = render_scenes(data, "val", np.arange(images))
+    batch = labelled(data, "val", np.arange(images))
 
     def compute() -> tuple[dict[str, Any], dict[str, Tensor]]:
         studied: list[int] = []
@@ -149,16 +155,16 @@ def _pretrained_subject(name: str, data: ScenesConfig, images: int) -> Subject:
             studied.append(peak_of_norms(norms, model().cfg.num_prefix_tokens))
             return studied[0], -2
 
-        f = collect(model(), scenes.image, scenes.label, attn="received", batch_size=PRETRAINED_BATCH, layers=keep)
+        f = collect(model(), batch.image, batch.label, attn="received", batch_size=PRETRAINED_BATCH, layers=keep)
         return ({"layer": studied[0], "layers": list(f.layers), "params": count_parameters(model()),
                  "cfg": asdict(f.cfg)}, {k: getattr(f, k) for k in _SAVED})
 
     store = Store("pretrained-features", dict(model=name, weights=weights_id(path), data=data, images=images,
                                               batch=PRETRAINED_BATCH, timm=timm.__version__), _FEATURES_CODE)
     meta, tensors = store.tensors(compute)
-    feats = Features(ModelConfig(**meta["cfg"]), scenes.image, tensors["embed"], tuple(meta["layers"]),
-                     tensors["blocks"], tensors["norms"], tensors["final"], None, tensors["received"], scenes.label)
-    return Subject(alias_of(name), "pretrained", model, feats, scenes, data, int(meta["layer"]), None,
+    feats = Features(ModelConfig(**meta["cfg"]), batch.image, tensors["embed"], tuple(meta["layers"]),
+                     tensors["blocks"], tensors["norms"], tensors["final"], None, tensors["received"], batch.label)
+    return Subject(alias_of(name), "pretrained", model, feats, batch, data, int(meta["layer"]), None,
                    photos(data.img_size), int(meta["params"]), store.key)
 
 
@@ -215,7 +221,8 @@ def norm_report(subject: Subject, k: float = OUTLIER_K) -> dict[str, float]:
     """
     out = detect_outliers(subject.feats, subject.layer, k)
     per_image = out.ratio.amax(-1)
-    bg = background_patches(subject.scenes.seg, subject.cfg.patch_size)
+    fg = subject.batch.foreground  # None for photographs: where the token sits is "no labels" (NaN)
+    bg = None if fg is None else background_patches(fg, subject.cfg.patch_size)
     return {"layer": subject.layer, "share": out.share, "norm_ratio": out.norm_ratio,
             "ratio_mean": float(per_image.mean()), "ratio_max": float(per_image.max()),
             **top_token_placement(subject.feats, bg, subject.layer)}
@@ -252,20 +259,21 @@ def sink_heads(subject: Subject) -> pd.DataFrame:
 
 def dense_table(subjects: list[Subject], seed: int = 0) -> pd.DataFrame:
     """The paper's Table 2 for our subjects, one row each (``model``, ``seed``): ``classification``,
-    ``segmentation_miou``, ``depth_rmse``."""
+    ``segmentation_miou``, ``depth_rmse`` (the last two NaN on images without those labels)."""
     def probe(s: Subject) -> dict[str, float]:
-        return dense_probes(s.feats, s.scenes.seg, s.scenes.depth, num_seg_classes=1 + len(s.data.shapes),
-                            seed=seed).as_dict()
+        return dense_probes(s.feats, s.batch.seg, s.batch.depth, s.batch.seg_classes, seed=seed).as_dict()
     return pd.DataFrame([{"model": s.name, "seed": s.seed, **_cached_probe(s, "probe-dense", lambda: probe(s), seed=seed)}
                          for s in subjects])
 
 
 def object_discovery(subjects: list[Subject]) -> pd.DataFrame:
     """The paper's Table 3 for our subjects, one row each (``model``, ``seed``): LOST boxes from the last
-    layer's keys, ``corloc``."""
+    layer's keys, ``corloc`` (NaN on images without object boxes)."""
     def discover(s: Subject) -> dict[str, float]:
+        if s.batch.boxes is None or s.batch.box_valid is None:
+            return {"corloc": math.nan}
         boxes = lost(lost_keys(s.model, s.feats), s.feats.grid, s.cfg.patch_size)
-        return {"corloc": corloc(boxes, s.scenes.boxes, s.scenes.box_valid)}
+        return {"corloc": corloc(boxes, s.batch.boxes, s.batch.box_valid)}
     return pd.DataFrame([{"model": s.name, "seed": s.seed, **_cached_probe(s, "probe-lost", lambda: discover(s))}
                          for s in subjects])
 
@@ -274,7 +282,7 @@ def register_maps(subject: Subject, features: Features | None = None, layer: int
     """Fig. 9 / Fig. 1: attention of [CLS] and of each register to the patches, and PCA colours.
 
     Args:
-        features: the features whose maps are drawn (default: the subject's scenes); e.g.
+        features: the features whose maps are drawn (default: the subject's images); e.g.
             ``collect(subject.model, subject.visual)`` for photographs.
     """
     f = subject.feats if features is None else features
@@ -299,7 +307,7 @@ def local_and_global(subject: Subject, k: float = OUTLIER_K, seed: int = 0, cont
     (:func:`regvit_lib.probes.probe_summary`), cached per subject and settings.
 
     Args:
-        control: of the planted positive control (:func:`planted`: the same model and scenes with
+        control: of the planted positive control (:func:`planted`: the same model and images with
             outliers planted at its block) instead of the subject's own features.
 
     Raises:
@@ -322,13 +330,14 @@ def neighbour_table(subject: Subject, features: Features | None = None, k: float
 
 
 def planted(subject: Subject) -> Features | None:
-    """The positive control: the subject's scenes with outliers planted at its block (our models
+    """The positive control: the subject's images with outliers planted at its block (our models
     only; ``None`` for a pretrained model, which has the real thing).
 
     See :func:`regvit_lib.analysis.positive_control`: 2 random patch tokens per image are
     replaced by the image's mean patch token at 10 x the median norm (its defaults).
     """
-    return None if subject.run is None else positive_control(subject.model, *subject.scenes[:2], subject.layer)[1]
+    return None if subject.run is None else positive_control(subject.model, subject.batch.image, subject.batch.label,
+                                                                   subject.layer)[1]
 
 
 def size_ladder(profile: Profile) -> list[int]:

@@ -1,4 +1,5 @@
-"""How much memory a training step needs, and a clear stop before training when the device has less.
+"""How much memory a training step needs; when the device has less, gradient accumulation over even
+micro-batches, or a clear stop before training.
 
 The count is made on the meta device (no memory, no compute): the weights, their gradients and
 AdamW's two moments (4 x 4 bytes a parameter), plus every tensor the forward pass saves for the
@@ -15,7 +16,7 @@ import torch
 from .config import ConfigError, RunConfig
 from .model import build_model, count_parameters
 
-__all__ = ["USABLE", "step_bytes", "largest_batch", "check_fits"]
+__all__ = ["USABLE", "step_bytes", "largest_batch", "accumulation"]
 
 USABLE = 0.85  # of the device's memory that a step's counted tensors may take
 
@@ -45,20 +46,27 @@ def largest_batch(run: RunConfig, limit: int, half: bool = False) -> int:
     return max(0, (limit - fixed) // max(per_image, 1))
 
 
-def check_fits(run: RunConfig, total_bytes: int, processes: int = 1, device_name: str = "this device",
-               half: bool = False) -> None:
-    """Stop before training when a process's share of the batch does not fit in ``total_bytes``.
+def accumulation(run: RunConfig, total_bytes: int, processes: int = 1, device_name: str = "this device",
+                 half: bool = False) -> int:
+    """How many micro-batches a process's share of the batch must be split into for its step to fit in
+    ``total_bytes``: 1 when the whole share fits, else the fewest that divide it evenly and fit
+    (gradient accumulation: the same gradient as one step on the share, up to summation order).
 
     Raises:
-        ConfigError: naming the memory needed and available, and the batch that would fit (per
-            process, and in all).
+        ConfigError: not even the smallest even split fits, or the run cannot accumulate (DINO's
+            centre and teacher read the whole batch at once): naming the memory needed and available
+            and the batch that would fit (per process, and in all).
     """
     local = run.train.batch_size // processes
-    need, limit = step_bytes(run, local, half), int(USABLE * total_bytes)
+    limit = int(USABLE * total_bytes)
+    need = step_bytes(run, local, half)
     if need <= limit:
-        return
+        return 1
     fits = largest_batch(run, limit, half)
+    if fits >= 1 and run.train.objective != "dino":
+        return next(a for a in range(2, local + 1) if local % a == 0 and local // a <= fits)
+    why = "DINO's centre and teacher read the whole batch: no gradient accumulation; " if fits else ""
     raise ConfigError(f"a training step of batch_size={run.train.batch_size} ({local} images per process) needs "
                       f"about {need / 2**30:.1f} GiB; {device_name} has {total_bytes / 2**30:.1f} GiB "
-                      f"({USABLE:.0%} usable): a batch of {fits} per process ({fits * processes} in all) would fit. "
-                      "Use a profile sized for this device, or more processes (torchrun)")
+                      f"({USABLE:.0%} usable): {why}a batch of {fits} per process ({fits * processes} in all) would "
+                      "fit. Use a profile sized for this device, or more processes (torchrun)")

@@ -10,14 +10,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .config import ConfigError
-from .profiles import PRETRAINED, PROFILES, Profile, default_profile_name, get_profile, twin
+from .config import DATA_CHOICES, ConfigError
+from .profiles import PRETRAINED, PROFILES, Profile, default_data, default_profile_name, get_profile, twin
 
 __all__ = ["PARAMS", "chapter_params"]
 
 # A chapter's parameters: name -> (accepted types, check, what is accepted). bool is never an int here.
 PARAMS: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "profile": ((str,), lambda v: v in PROFILES, f"one of {sorted(PROFILES)}"),
+    "data": ((str,), lambda v: v.strip() in DATA_CHOICES[:2] or ":" in v, f"one of {list(DATA_CHOICES)}"),
     "pretrained": ((bool, str), lambda v: isinstance(v, bool) or v in PRETRAINED or v in PRETRAINED.values(),
                    f"True (the profile's pretrained models), False or one of {sorted(PRETRAINED)}"),
     "num_registers": ((int,), lambda v: v >= 0, "an integer >= 0"),
@@ -36,6 +37,8 @@ def chapter_params(**params: object) -> Profile:
     Raises:
         ConfigError: naming the parameter, the value and what is accepted; or the profile needs a GPU
             and this machine has none (:meth:`~regvit_lib.profiles.Profile.check_device`).
+        FileNotFoundError: ``data`` names real images that are not there (the error names the
+            folder and the command that fetches them).
     """
     for name, value in params.items():
         if name not in PARAMS:
@@ -46,6 +49,6 @@ def chapter_params(**params: object) -> Profile:
     if isinstance(alias := params.get("pretrained"), str) and twin(alias) is None:
         raise ConfigError(f"parameter pretrained={alias!r} has no twin with (or without) registers to compare; "
                           f"True studies the profile's models (DeiT-III among them)")
-    profile = get_profile(str(params.get("profile", default_profile_name())))
+    profile = get_profile(str(params.get("profile", default_profile_name())), str(params.get("data", default_data())))
     profile.check_device()  # a GPU profile stops here, before any compute, on a machine without one
     return profile

@@ -481,7 +481,8 @@ def summary_maps(images: Tensor, maps: dict[str, tuple[Sequence[Any], str]]) -> 
 
 
 # One colour per verdict of regvit_lib.claims (and "not measured": no chapter recorded it).
-VERDICT_COLORS = {"reproduced": "#2ca02c", "partly": "#bcbd22", "not at this scale": "#d9d9d9", "not measured": "#ffffff"}
+VERDICT_COLORS = {"reproduced": "#2ca02c", "partly": "#bcbd22", "not at this scale": "#d9d9d9", "no labels": "#c6dbef",
+                  "not measured": "#ffffff"}
 
 
 def verdict_grid(rows: pd.DataFrame) -> Figure:

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .config import ConfigError, RunConfig
-from .profiles import Profile, default_profile_name, get_profile
+from .profiles import Profile, add_arguments, from_arguments
 from .train import run_store, train
 
 __all__ = ["book_runs", "run_cost", "describe", "train_all", "train_together", "prepare", "main"]
@@ -196,14 +196,10 @@ def _train_todo(todo: list[RunConfig], workers: int, cores: int, root: Path | st
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--profile", default=None, help="smoke, cpu, colab or gpu (default: $REGVIT_PROFILE, else cpu)")
+    add_arguments(ap)
     ap.add_argument("--workers", type=int, default=None, help="parallel training processes (default: one per core)")
     args = ap.parse_args(argv)
-    try:
-        profile = get_profile(args.profile or default_profile_name())
-        profile.check_device()
-    except ConfigError as e:
-        ap.error(str(e))
+    profile = from_arguments(ap, args)
     show = os.environ.get("REGVIT_PROGRESS", "1") != "0"
     t = time.perf_counter()
     if not train_together(book_runs(profile), progress=show):  # torchrun: N processes train each run together

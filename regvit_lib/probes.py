@@ -15,6 +15,8 @@ another. Which paper result each one serves:
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -200,7 +202,7 @@ class DenseResult:
         return asdict(self)
 
 
-def dense_probes(feats: Features, seg: Tensor, depth: Tensor, num_seg_classes: int,
+def dense_probes(feats: Features, seg: Tensor | None, depth: Tensor | None, num_seg_classes: int,
                  seed: int = 0, max_train_tokens: int = 30_000) -> DenseResult:
     """Classification, segmentation and depth linear probes on the final tokens (Table 2).
 
@@ -210,7 +212,8 @@ def dense_probes(feats: Features, seg: Tensor, depth: Tensor, num_seg_classes: i
 
     Args:
         feats: from :func:`~regvit_lib.analysis.collect` with labels.
-        seg: ``(B, H, W)`` int class map; depth: ``(B, H, W)``.
+        seg: ``(B, H, W)`` int class map; depth: ``(B, H, W)``. ``None`` for images without these
+            labels (photographs): only the classification probe runs, the other two are NaN.
         num_seg_classes: number of segmentation classes (background included).
     """
     if feats.labels is None:
@@ -222,6 +225,8 @@ def dense_probes(feats: Features, seg: Tensor, depth: Tensor, num_seg_classes: i
     H = g * p
     tr, te = split_images(B, seed=seed)
     pooled = parts["cls"] if "cls" in parts else patch.mean(1)  # classification on [CLS], else the mean patch
+    if seg is None or depth is None:  # no dense labels: "no labels" for the dense probes
+        return DenseResult(_accuracy(pooled, feats.labels, tr, te), math.nan, math.nan)
     seg_target = patchify(seg[:, None, :H, :H], p).mode(-1).values  # (B, N)
     depth_target = depth[:, :H, :H].reshape(B, g, p, g, p).mean((2, 4)).reshape(B, N)
     x_tr, ys, yd = _subsample((patch[tr].flatten(0, 1), seg_target[tr].flatten(), depth_target[tr].flatten()),

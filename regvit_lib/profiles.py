@@ -7,6 +7,10 @@ each costs, measured where it was run), each a :class:`Profile` of the settings 
 there is none). Their sizes come from budget arithmetic (:attr:`Profile.budget`): planned, not
 measured, until a run's numbers are committed under ``data/``.
 
+Every profile studies the procedural scenes; :meth:`Profile.with_data` (a chapter's ``data``
+parameter, ``--data``, ``$REGVIT_DATA``) gives the same model and recipe on fractals or on real
+photographs (``cpu-cifar10``), whose probes that need more than class labels say "no labels".
+
 Kept apart from :mod:`regvit_lib.config` on purpose: a trained run's cache key holds every value of
 its :class:`~regvit_lib.config.RunConfig` and the code that gives them meaning (``config.py``), not
 this table, so changing one profile leaves the runs of the others, and every run whose settings
@@ -15,13 +19,16 @@ did not change, in the cache.
 
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass, field, replace
 
-from .config import (ConfigError, ModelConfig, RunConfig, ScenesConfig, TrainConfig, _check_int, _check_ints)
+from .config import (ConfigError, DataConfig, ImageData, ModelConfig, RunConfig, ScenesConfig, TrainConfig, _check_int,
+                     _check_ints, data_label, data_spec, parse_data)
 
 __all__ = ["PRETRAINED", "resolve", "alias_of", "has_registers", "patch_size", "twin", "PretrainedSet", "Profile",
-           "PROFILES", "PROFILE_ENV_VAR", "default_profile_name", "get_profile"]
+           "PROFILES", "PROFILE_ENV_VAR", "DATA_ENV_VAR", "default_profile_name", "default_data", "get_profile", "add_arguments",
+           "from_arguments"]
 
 
 # Pretrained ViTs by alias -> timm name: DINOv2 (Oquab et al. 2023), its registers twins (this
@@ -102,7 +109,7 @@ class Profile:
     name: str
     description: str
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: ScenesConfig = field(default_factory=ScenesConfig)
+    data: DataConfig = field(default_factory=ScenesConfig)  # the scenes, unless with_data chose another set
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
     seeds: int = 1  # training seeds of every run a claim compares: mean +- sd, differences beyond their spread
@@ -122,6 +129,49 @@ class Profile:
             raise ConfigError(f"register_counts must be a rising tuple of >= 3 ints starting at 0 (the grid needs "
                               f"counts between its ends), got {counts!r}")
         RunConfig(self.model, self.data, self.train, self.seed)  # the parts must fit together
+
+    @property
+    def base(self) -> str:
+        """The name of the profile in :data:`PROFILES` this one is (``cpu`` for ``cpu-cifar10``)."""
+        return self.name.split("-", 1)[0]
+
+    @property
+    def scenes(self) -> ScenesConfig:
+        """The profile's procedural scenes (also when it studies another data set: the data card's)."""
+        data = self.data if isinstance(self.data, ScenesConfig) else PROFILES[self.base].data
+        assert isinstance(data, ScenesConfig)
+        return data
+
+    @property
+    def data_spec(self) -> str:
+        """The data option this profile was made with (:func:`~regvit_lib.config.parse_data`)."""
+        return data_spec(self.data)
+
+    def with_data(self, spec: str) -> Profile:
+        """This profile's model and recipe on another data set: ``"scenes"`` (the profile's own),
+        ``"fractals"``, or real images, ``"cifar10:DIR"``, ``"stl10:DIR"``, ``"imagenette:DIR"``,
+        ``"folder:DIR"`` (:func:`~regvit_lib.config.parse_data`), at the profile's image size.
+
+        The result is named ``<profile>-<data>`` (``cpu-cifar10``), so its claims, exhibits and stored
+        studies never mix with the scenes'. Real images are opened here, so a missing set stops before
+        any compute, with the folder and the command that fetches it; their class count sets the head.
+
+        Raises:
+            ConfigError: an unknown spec. FileNotFoundError: the images are not where the spec says.
+        """
+        base = self if isinstance(self.data, ScenesConfig) else PROFILES[self.base]
+        data = parse_data(spec, base.scenes)
+        if data == base.data:
+            return base
+        if isinstance(data, ImageData):
+            from .data import make_source
+
+            classes = make_source(data).num_classes
+        else:
+            classes = data.num_classes
+        return replace(base, name=f"{base.name}-{data_label(data)}", data=data,
+                       description=f"{base.description}; on {data_spec(data)} instead of the scenes",
+                       model=replace(base.model, num_classes=classes))
 
     @property
     def all_seeds(self) -> tuple[int, ...]:
@@ -212,13 +262,24 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
 )}
 
 PROFILE_ENV_VAR = "REGVIT_PROFILE"
+DATA_ENV_VAR = "REGVIT_DATA"
 
 
-def get_profile(name: str) -> Profile:
-    """Look a profile up by name (``smoke``, ``cpu``, ``colab``, ``gpu``); any other name raises, listing them."""
+def get_profile(name: str, data: str | None = None) -> Profile:
+    """Look a profile up by name (``smoke``, ``cpu``, ``colab``, ``gpu``); any other name raises, listing them.
+
+    Args:
+        data: a data option (:meth:`Profile.with_data`); ``None``: the profile's scenes.
+    """
     if name not in PROFILES:
         raise ConfigError(f"unknown profile {name!r}; known profiles: {sorted(PROFILES)}")
-    return PROFILES[name]
+    return PROFILES[name] if data is None else PROFILES[name].with_data(data)
+
+
+def default_data() -> str:
+    """The data a chapter studies when nobody injects one: ``$REGVIT_DATA``, else ``scenes``
+    (a real set, e.g. ``REGVIT_DATA=cifar10:/content/data``: :meth:`Profile.with_data`)."""
+    return os.environ.get(DATA_ENV_VAR, "scenes").strip() or "scenes"
 
 
 def default_profile_name() -> str:
@@ -228,3 +289,26 @@ def default_profile_name() -> str:
         raise ConfigError(f"environment variable {PROFILE_ENV_VAR}={name!r} names no profile; "
                           f"known profiles: {sorted(PROFILES)}")
     return name
+
+
+def add_arguments(ap: argparse.ArgumentParser, profile: str | None = None) -> None:
+    """The ``--profile`` and ``--data`` options every command of the package takes (:func:`from_arguments`).
+
+    Args:
+        profile: the default profile (``None``: ``$REGVIT_PROFILE``, else ``cpu``).
+    """
+    ap.add_argument("--profile", default=profile, help="smoke, cpu, colab or gpu (default: "
+                    + (profile or f"${PROFILE_ENV_VAR}, else cpu") + ")")
+    ap.add_argument("--data", default=None, help=f"scenes (the profile's), fractals, cifar10:DIR, stl10:DIR, "
+                    f"imagenette:DIR or folder:DIR (default: ${DATA_ENV_VAR}, else scenes)")
+
+
+def from_arguments(ap: argparse.ArgumentParser, args: argparse.Namespace) -> Profile:
+    """The profile of a command's ``--profile`` and ``--data``, checked for this machine; a bad value or a
+    missing image set stops the command through ``ap.error``, before any compute."""
+    try:
+        profile = get_profile(args.profile or default_profile_name(), args.data or default_data())
+        profile.check_device()
+    except (ConfigError, FileNotFoundError) as e:
+        ap.error(str(e))
+    return profile

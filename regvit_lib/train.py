@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .cache import CacheCorruptError, Store, set_aside
-from .config import Mamba, ModelConfig, RunConfig, TrainConfig
+from .config import ConfigError, Mamba, ModelConfig, RunConfig, TrainConfig
 from .data import DataSource, batch_indices, make_source, normalize
 from .model import Encoder, RegViT, build_model, count_parameters
 from .selfsup import Dino, knn_accuracy
@@ -186,7 +186,8 @@ def precision(switch: str, device: torch.device) -> torch.dtype | None:
 
 
 def train(run: RunConfig, *, root: Path | str | None = None, device: str | torch.device | None = None,
-          progress: bool | None = None, on_step: Callable[[int], None] | None = None) -> TrainedRun:
+          progress: bool | None = None, on_step: Callable[[int], None] | None = None,
+          accumulate: int | None = None) -> TrainedRun:
     """Train ``run``, or load it from the cache if it was trained before.
 
     Args:
@@ -197,6 +198,11 @@ def train(run: RunConfig, *, root: Path | str | None = None, device: str | torch
         progress: show a progress bar (default: on, unless ``$REGVIT_PROGRESS=0``).
         on_step: called after every optimiser step with the number of steps done (tests use it
             to interrupt a run).
+        accumulate: split each process's share of every batch into this many equal micro-batches,
+            one forward and backward pass each, and step once (gradient accumulation: the same
+            step, up to summation order, in less memory). Default: 1 on a CPU; on a GPU the fewest
+            that fit in its memory (:func:`regvit_lib.memory.accumulation`), which stops with the
+            batch that would fit when none does. Not part of the cache key, like the process count.
 
     Returns:
         The :class:`TrainedRun`, with the model in eval mode on ``device``.
@@ -223,17 +229,23 @@ def train(run: RunConfig, *, root: Path | str | None = None, device: str | torch
         model.load_state_dict(state)
         return TrainedRun(model.eval(), run, store.key, result["metrics"], result["curves"], store.dir,
                           cached=True, seconds=time.perf_counter() - t0)
-    if dev.type == "cuda":  # before any compute: the step must fit in this GPU's memory
-        from .memory import check_fits
+    local = run.train.batch_size // world.size
+    if accumulate is None and dev.type == "cuda":  # before any compute: the step must fit in this GPU's memory
+        from .memory import accumulation
 
-        check_fits(run, torch.cuda.get_device_properties(dev).total_memory, world.size, torch.cuda.get_device_name(dev),
-                   half=precision(run.train.amp, dev) is not None)
+        accumulate = accumulation(run, torch.cuda.get_device_properties(dev).total_memory, world.size,
+                                  torch.cuda.get_device_name(dev), half=precision(run.train.amp, dev) is not None)
+    accumulate = 1 if accumulate is None else accumulate
+    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1 or local % accumulate:
+        raise ConfigError(f"accumulate={accumulate!r} must be an int >= 1 that divides the {local} images per process")
+    if accumulate > 1 and run.train.objective == "dino":
+        raise ConfigError("accumulate > 1: DINO's centre and teacher read the whole batch at once; train it in one pass")
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if dev.type == "cuda" else []):
-        return _fit(run, store, dev, show and world.main, on_step, t0, world)
+        return _fit(run, store, dev, show and world.main, on_step, t0, world, accumulate)
 
 
-def _fit(run: RunConfig, store: Store, dev: torch.device, show: bool,
-         on_step: Callable[[int], None] | None, t0: float, world: distributed.World) -> TrainedRun:
+def _fit(run: RunConfig, store: Store, dev: torch.device, show: bool, on_step: Callable[[int], None] | None,
+         t0: float, world: distributed.World, accumulate: int = 1) -> TrainedRun:
     from .flops import count_flops  # local: only training needs the FLOP counter
 
     cfg = run.train
@@ -275,7 +287,7 @@ def _fit(run: RunConfig, store: Store, dev: torch.device, show: bool,
             warnings.warn(f"unusable checkpoint {store.checkpoint_path} ({failed or 'unreadable on another process'}); "
                           f"set aside as {moved}, training this run from the start", stacklevel=3)
         distributed.barrier(world)
-        return _fit(run, store, dev, show, on_step, t0, world)
+        return _fit(run, store, dev, show, on_step, t0, world, accumulate)
     if world.main:
         store.save_json(store.config_path, {"key": store.key, **store.doc})
     paired = bool(cfg.mixup or cfg.cutmix)
@@ -303,21 +315,29 @@ def _fit(run: RunConfig, store: Store, dev: torch.device, show: bool,
         torch.manual_seed(_step_seed(run.seed, step))  # drop-path and any other global draw
         gen = torch.Generator().manual_seed(_step_seed(run.seed, step))
         x, y = source.batch("train", batch_indices(n_train, cfg.batch_size, run.seed, step)[mine], dev)
+        target = y
         if dino is None:
             x, target = _augment(x, y, cfg, C, gen, mine)
         tdata = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = get_lr(step, cfg)
-        with torch.autocast(dev.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-            if dino is None:
-                logits = step_fn(normalize(x))
-                loss = _loss(logits.float(), target, cfg.loss)
-                if model.aux_loss is not None:  # a method's own training term (A-ViT's ponder cost and prior)
-                    loss = loss + model.aux_loss
-            else:
-                loss = dino.loss(x, gen)  # two views of x; labels unused
         opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        losses, outputs = [], []
+        for xs, ts in zip(x.chunk(accumulate), target.chunk(accumulate)):  # one chunk unless accumulating
+            with torch.autocast(dev.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+                if dino is None:
+                    logits = step_fn(normalize(xs))
+                    loss = _loss(logits.float(), ts, cfg.loss)
+                    if model.aux_loss is not None:  # a method's own training term (A-ViT's ponder cost and prior)
+                        loss = loss + model.aux_loss
+                    outputs.append(logits.detach())
+                else:
+                    loss = dino.loss(xs, gen)  # two views of x; labels unused
+            scaler.scale(loss if accumulate == 1 else loss / accumulate).backward()
+            losses.append(loss.detach())
+        loss = losses[0] if accumulate == 1 else torch.stack(losses).mean()  # equal chunks: the batch's mean
+        if outputs:  # supervised: the logits of the whole share, for the accuracy
+            logits = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
         distributed.average_gradients(params, world)  # the mean over processes: the whole batch's gradient
         scaler.unscale_(opt)
         if cfg.grad_clip > 0:
@@ -364,6 +384,7 @@ def _fit(run: RunConfig, store: Store, dev: torch.device, show: bool,
         "train_seconds": acc["step_s"], "data_seconds": acc["data_s"],
         "train_img_per_s": trained_images / max(acc["step_s"], 1e-9),
         "resumed_from": start, "device": str(dev), "torch": torch.__version__, "processes": world.size,
+        "accumulation": accumulate,
         "precision": str(amp_dtype or torch.float32).removeprefix("torch."),
     }
     if world.main:

@@ -63,17 +63,37 @@ def test_the_fp16_path_with_its_gradient_scaler_trains_and_resumes(tmp_path, mon
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_a_step_that_does_not_fit_stops_before_training_with_the_batch_that_would() -> None:
-    from regvit_lib.memory import check_fits, largest_batch, step_bytes
+def test_a_step_that_does_not_fit_is_accumulated_or_stops_before_training_with_the_batch_that_would() -> None:
+    from regvit_lib.memory import accumulation, largest_batch, step_bytes
 
     one, two, many = (step_bytes(RUN, b) for b in (1, 2, 16))
     assert 0 < one < two < many and step_bytes(RUN, 16, half=True) < many
     assert many - one == pytest.approx(15 * (two - one), rel=0.01)  # activations grow with the batch
-    check_fits(RUN, total_bytes=10 * many)  # fits: nothing happens
+    assert accumulation(RUN, total_bytes=10 * many) == 1  # fits: one pass
     fixed, per_image = 2 * one - two, two - one  # weights, gradients, AdamW; and each image's activations
-    limit = int((fixed + 4.5 * per_image) / 0.85)  # a device with room for 4 images' step
+    limit = int((fixed + 3.5 * per_image) / 0.85)  # a device with room for 3 images' step
     fits = largest_batch(RUN, int(0.85 * limit))
-    assert fits == 4 and step_bytes(RUN, 4) <= 0.85 * limit < step_bytes(RUN, 5)
-    with pytest.raises(ConfigError, match=rf"batch_size=16 \(8 images per process\) needs about .* GiB; a T4 has "
-                                          r".* a batch of 4 per process \(8 in all\) would fit"):
-        check_fits(RUN, total_bytes=limit, processes=2, device_name="a T4")
+    assert fits == 3 and step_bytes(RUN, 3) <= 0.85 * limit < step_bytes(RUN, 4)
+    # 8 images per process in micro-batches of at most 3 that divide 8 evenly: 4 of 2
+    assert accumulation(RUN, total_bytes=limit, processes=2) == 4
+    assert accumulation(RUN, total_bytes=limit) == 8  # 16 images: 8 micro-batches of 2
+    dino = replace(RUN, model=replace(RUN.model, num_classes=0), train=replace(RUN.train, objective="dino"))
+    with pytest.raises(ConfigError, match=r"batch_size=16 \(8 images per process\) needs about .* GiB; a T4 has "
+                                          r".*DINO.*no gradient accumulation; a batch of \d+ per process"):
+        accumulation(dino, total_bytes=limit, processes=2, device_name="a T4")
+    tiny = int(fixed / 0.85)  # not even one image
+    with pytest.raises(ConfigError, match=r"a batch of 0 per process \(0 in all\) would fit"):
+        accumulation(RUN, total_bytes=tiny, device_name="a T4")
+
+
+def test_gradient_accumulation_trains_what_one_pass_trains(tmp_path) -> None:
+    """4 micro-batches per step give the one-pass weights up to summation order (plain and Mixup/CutMix)."""
+    for run in (RUN, replace(RUN, train=replace(RUN.train, mixup=0.8, cutmix=1.0))):
+        one = train(run, root=tmp_path / "one", progress=False)
+        four = train(run, root=tmp_path / "four", progress=False, accumulate=4)
+        assert one.metrics["accumulation"] == 1 and four.metrics["accumulation"] == 4
+        w1, w4 = _weights(one), _weights(four)
+        assert max(float((w1[k] - w4[k]).abs().max()) for k in w1) < 5e-5
+        assert [c["train_loss"] for c in one.curves] == pytest.approx([c["train_loss"] for c in four.curves], abs=1e-5)
+    with pytest.raises(ConfigError, match=r"accumulate=3 must be an int >= 1 that divides the 16 images"):
+        train(replace(RUN, seed=9), root=tmp_path / "x", progress=False, accumulate=3)

@@ -2,6 +2,7 @@
 global batch, a 2-process run interrupted mid-way resumes to the same result, and the README's
 torchrun command (N = 2) fills the cache one process then finds."""
 
+import json
 import os
 import socket
 import subprocess
@@ -123,3 +124,30 @@ def test_the_readme_torchrun_command_fills_the_cache_that_one_process_reads(tmp_
 
     found = [train(run, root=tmp_path / "cache", progress=False) for run in book_runs(get_profile("smoke"))]
     assert all(r.cached and r.metrics["processes"] == 2 for r in found)
+
+
+@pytest.mark.parametrize("runner, extra", [
+    ("emergence", ["--axes", "pooling"]),
+    ("compare", ["--methods", "vit", "avit", "--seeds", "2", "--images", "32"]),
+])
+def test_the_readme_study_commands_run_under_torchrun(tmp_path, runner, extra) -> None:
+    """The runbook's study and comparison commands, N = 2 and the smoke profile in place of gpu: the
+    runs that split are trained by both processes, A-ViT (refused for splitting) by rank 0 after, and
+    rank 0 alone writes the file."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    line = next(x for x in readme.splitlines() if x.startswith(f"torchrun --standalone --nproc_per_node=N -m "
+                                                              f"regvit_lib.{runner} --profile gpu"))
+    args = line.replace("=N", "=2").replace("--profile gpu", "--profile smoke").split()
+    args = [a for a in args if a != "--out" and a != "data/emergence"]
+    env = {**os.environ, "REGVIT_CACHE": str(tmp_path / "cache"), "REGVIT_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", *args[1:], *extra, "--out", str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    doc = json.loads((tmp_path / "smoke.json").read_text())
+    assert doc["profile"] == "smoke" and doc["rows"]
+    results = [json.loads(p.read_text()) for p in (tmp_path / "cache").rglob("result.json")]  # one per trained run
+    processes = sorted(r["metrics"]["processes"] for r in results if "metrics" in r)
+    if runner == "emergence":
+        assert len(doc["rows"]) == 1 and processes == [2]
+    else:
+        assert len(doc["rows"]) == 4 and processes == [1, 1, 2, 2]  # A-ViT trained by rank 0 alone

@@ -1,6 +1,7 @@
 """The emergence study: its grid, its summaries, its table and figure (run at smoke scale)."""
 
 import json
+from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -123,3 +124,31 @@ def test_a_stored_row_of_a_run_trained_here_is_rebuilt_from_it(tmp_path) -> None
     assert path == tmp_path / "smoke.json" and doc["replaced"] == [rows[0]["label"]]
     assert doc["rows"][0]["test_acc"] == rows[0]["test_acc"] and doc["rows"][0]["source"] == "this build"
     assert doc["rows"][1]["test_acc"] == -2.0 and doc["rows"][1]["source"] == "stored"
+
+
+def test_studies_committed_from_other_machines_are_found_and_shown(tmp_path) -> None:
+    """A GPU study committed beside the cpu one shows in the cpu book (chapter 4 reads it as stored)."""
+    from regvit_lib.emergence import STUDY_DIR, stored_elsewhere, study_table
+
+    cpu = json.loads((STUDY_DIR / "cpu.json").read_text())
+    (tmp_path / "cpu.json").write_text(json.dumps(cpu))
+    gpu = {**cpu, "profile": "gpu", "command": "python -m regvit_lib.emergence --profile gpu", "commit": "abc"}
+    (tmp_path / "gpu.json").write_text(json.dumps(gpu))
+    found = stored_elsewhere(tmp_path, "cpu")
+    assert [(d["profile"], p.name) for d, p in found] == [("gpu", "gpu.json")]
+    table = study_table(found[0][0]["rows"])
+    assert len(table) == len(cpu["rows"]) and table["ratio_mean"].notna().all()
+    assert headline_texts(headline(found[0][0]["rows"]), cpu["k"])["verdict"]
+    assert [d["profile"] for d, _ in stored_elsewhere(tmp_path, "smoke")] == ["cpu", "gpu"]
+    (tmp_path / "colab.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"colab.json is not a readable result file"):
+        stored_elsewhere(tmp_path, "cpu")
+
+
+def test_headline_says_where_tokens_sit_is_not_measured_on_photographs() -> None:
+    h = {"best_share": 0.01, "best_ratio": 5.0, "share_on_background": float("nan"),
+         "share_background_patches": float("nan"), "share_run": "r"}
+    rows = json.loads((Path(__file__).parents[1] / "data" / "emergence" / "cpu.json").read_text())["rows"]
+    h = {**headline(rows), **h, "top_on_background": float("nan"), "background_patches": float("nan")}
+    texts = headline_texts(h)
+    assert "no object labels" in texts["verdict"] and "no object labels" in texts["placement"]

@@ -29,7 +29,7 @@ def subjects(tmp_path_factory):
 
 def test_subject_holds_one_pass_over_labelled_scenes(subjects) -> None:
     s0, s2 = subjects
-    assert s0.feats.blocks.shape[:2] == (64, SMOKE.model.depth) and s0.scenes.seg.shape[0] == 64
+    assert s0.feats.blocks.shape[:2] == (64, SMOKE.model.depth) and s0.batch.seg is not None and s0.batch.seg.shape[0] == 64
     assert s2.model.cfg.num_registers == 2 and s2.run is not None and s2.run.cached is False
     assert 0 <= s0.layer < SMOKE.model.depth and s0.scale == "smoke"
     r = measure.norm_report(s0)

@@ -35,8 +35,8 @@ publish: publish-check book
 test: setup
 	$(PY) -m mypy regvit_lib
 	PATH="$(BIN):$$PATH" $(PY) -m pytest tests
-	PATH="$(BIN):$$PATH" REGVIT_PROFILE=smoke $(PY) -m pytest --nbval chapters
-	PATH="$(BIN):$$PATH" REGVIT_PROFILE=smoke "$(BIN)/jupyter-book" build --all --warningiserror --keep-going .
+	PATH="$(BIN):$$PATH" REGVIT_PROFILE=smoke REGVIT_DATA=scenes $(PY) -m pytest --nbval chapters
+	PATH="$(BIN):$$PATH" REGVIT_PROFILE=smoke REGVIT_DATA=scenes "$(BIN)/jupyter-book" build --all --warningiserror --keep-going .
 
 clean:
 	rm -rf _build

@@ -117,7 +117,7 @@ def grid_summary(grid: pd.DataFrame) -> pd.DataFrame:
     numbers = grid.drop(columns=["seed", "sink_on", "norm_map"]).groupby("registers")
     mean = numbers.mean()
     flops_pct = 100 * (mean["gflops"] / mean["gflops"].iloc[0] - 1)
-    return mean.join(numbers.std(ddof=1), rsuffix="_sd").assign(seeds=numbers.size(), flops_pct=flops_pct).reset_index()
+    return mean.join(numbers.std(ddof=1).add_suffix("_sd")).assign(seeds=numbers.size(), flops_pct=flops_pct).reset_index()
 
 
 def register_throughput(profile: Profile, counts: tuple[int, ...] | None = None, rounds: int = 6,
@@ -205,8 +205,9 @@ def grid_texts(summary: pd.DataFrame, speed: dict[str, Any]) -> dict[str, str]:
     """The register grid's numbers as the chapter prints them (name -> text)."""
     def best(col: str, lowest: bool = False) -> str:  # the register count with the best mean
         if summary[col].isna().all():
-            return "(no labels in these images)"
-        return str(int(summary.loc[summary[col].idxmin() if lowest else summary[col].idxmax(), "registers"]))
+            return "no count (these images have no labels for it)"
+        n = int(summary.loc[summary[col].idxmin() if lowest else summary[col].idxmax(), "registers"])
+        return f"{n} register{'' if n == 1 else 's'}"
 
     def joined(col: str, fmt: str, scale: float = 1.0) -> str:  # mean (± sd over seeds) per count
         return ", ".join(format(scale * v, fmt) + ("" if n < 2 else f" ± {format(scale * sd, fmt)}")

@@ -189,12 +189,14 @@ def chapter_times(log: str) -> dict[str, float]:
     return {Path(m[1]).stem: float(m[2]) for m in re.finditer(r"(\S+?): Executed notebook in ([\d.]+) seconds", log)}
 
 
-def build_times(checkout: Path, cache: Path, profile: str, busy: bool = False) -> dict[str, Any]:
-    """Seconds of each step of ``make book`` in ``checkout`` at ``profile`` with the cache folder ``cache``: ``setup``
+def build_times(checkout: Path, cache: Path, profile: Profile, busy: bool = False) -> dict[str, Any]:
+    """Seconds of each step of ``make book`` in ``checkout`` at ``profile`` (its data too: ``$REGVIT_DATA``)
+    with the cache folder ``cache``: ``setup``
     (installs), ``prepare`` (training), ``book`` (``jupyter-book build``, and ``chapters``: each
     one's execution as myst-nb reports it) and the ``total``; with ``busy``, beside one other
     CPU-bound process."""
-    env = {**os.environ, "REGVIT_CACHE": str(cache), "REGVIT_PROGRESS": "0", "REGVIT_PROFILE": profile}
+    env = {**os.environ, "REGVIT_CACHE": str(cache), "REGVIT_PROGRESS": "0", "REGVIT_PROFILE": profile.base,
+           "REGVIT_DATA": profile.data_spec}
     env.pop("VIRTUAL_ENV", None)  # the checkout's own environment, as `make book` picks it
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     try:
@@ -243,8 +245,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         res["cpu_cores"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         res["step_vs_matmul"] = step_vs_matmul(prof)
         with tempfile.TemporaryDirectory() as cache:  # empty: a first build
-            res["cold"] = build_times(Path(args.build), Path(cache), prof.name, args.busy)
-            res["warm"] = build_times(Path(args.build), Path(cache), prof.name)
+            res["cold"] = build_times(Path(args.build), Path(cache), prof, args.busy)
+            res["warm"] = build_times(Path(args.build), Path(cache), prof)
         busy = "-busy" if args.busy else ""
         return _report(res, args.out, f"bench-build-{prof.name}{busy}-{'gpu' if gpu else 'cpu'}.json")
     res["generator_img_per_s_1thread"] = {str(s): generator_rate(s) for s in (32, 64)}

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .cache import atomic_write, cache_root
-from .profiles import default_profile_name
+from .profiles import default_build_name
 
 __all__ = ["times_path", "load_times", "estimate", "setup"]
 
@@ -50,7 +50,7 @@ class _Progress:
     """The state of one build: the chapters to read, when the current one started, the times so far."""
 
     def __init__(self) -> None:
-        self.profile = default_profile_name()
+        self.profile = default_build_name()
         self.times = load_times(self.profile)
         self.queue: list[str] = []
         self.started: dict[str, float] = {}

@@ -34,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .analysis import OUTLIER_K, Features, collect, detect_outliers, lost_keys, peak_layer, tokens_at
 from .cache import cached, code_version
-from .config import HMHSA, AViT, ConfigError, Mamba, Memory, ModelConfig, RunConfig, TokenLearner, Victor
+from .config import HMHSA, AViT, ConfigError, Mamba, Memory, ModelConfig, RunConfig, TokenLearner, Victor, same_data
 from .data import labelled, make_source, normalize
 from .flops import count_flops
 from .model import Block, Encoder, RegViT, count_parameters
@@ -443,7 +443,9 @@ def against_vit(doc: dict[str, Any], reference: str = "vit") -> pd.DataFrame:
 def load_or_run(profile: str | Profile, rerun: bool = False, folder: Path | str = COMPARE_DIR,
                 **kwargs: Any) -> dict[str, Any]:
     """The comparison of ``profile``: the stored ``<folder>/<profile>.json`` unless ``rerun`` or there is
-    none (then computed now, through the cache; ``kwargs`` go to :func:`run_comparison`)."""
+    none made on the profile's data (then computed now, through the cache; ``kwargs`` go to
+    :func:`run_comparison`). Every image folder's profile is ``<profile>-folder``: a file made on
+    another folder is not this comparison."""
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
     path = Path(folder) / f"{prof.name}.json"
     if path.is_file() and not rerun:
@@ -453,7 +455,10 @@ def load_or_run(profile: str | Profile, rerun: bool = False, folder: Path | str 
             doc: dict[str, Any] = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not a readable comparison ({e}); remake it with "
-                             f"python -m regvit_lib.compare --profile {prof.name} or pass rerun=True") from e
+                             f"python -m regvit_lib.compare --profile {prof.base} --data {prof.data_spec} "
+                             "or pass rerun=True") from e
+        if not same_data(doc.get("data", "scenes"), prof.data_spec):
+            return load_or_run(prof, True, folder, **kwargs)
         doc["source"] = str(path)
         if doc.get("code") not in (None, code_version(_STAMP_CODE)):
             warnings.warn(f"{path} was made by other code ({doc.get('code')}, now {code_version(_STAMP_CODE)}); "

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 __all__ = ["ConfigError", "ATTENTIONS", "Memory", "TokenLearner", "AViT", "Mamba", "Victor", "HMHSA", "Variant",
            "ModelConfig", "VIT_SIZES", "vit_config", "SHAPES", "BACKGROUNDS", "SPLITS",
            "ScenesConfig", "FractalConfig", "ImageData", "DataConfig", "DATA_CHOICES", "parse_data", "data_spec",
-           "data_label", "TrainConfig", "RunConfig"]
+           "data_label", "same_data", "TrainConfig", "RunConfig"]
 
 PoolKind = Literal["token", "avg"]
 AttentionKind = Literal["softmax", "off_by_one", "kv_bias", "gated"]
@@ -375,6 +376,7 @@ class FractalConfig(_Splits):
 
 
 RealName = Literal["cifar10", "stl10", "imagenette", "folder"]
+_REAL_VAL_SIZE = 1_000  # the most held-out images a real set gives up (CIFAR-10, STL-10: from its training images)
 
 
 @dataclass(frozen=True)
@@ -385,7 +387,7 @@ class ImageData:
     name: RealName = "folder"
     root: str = "data/images"
     img_size: int = 32
-    val_size: int = 1_000  # CIFAR-10 / STL-10: the last val_size training images
+    val_size: int = _REAL_VAL_SIZE  # CIFAR-10 / STL-10: the last val_size training images
     download: bool = False
     kind: Literal["images"] = "images"
 
@@ -423,8 +425,20 @@ def parse_data(spec: str, like: ScenesConfig) -> DataConfig:
                              test_size=like.test_size)
     if not sep or name not in get_args(RealName) or not root.strip():
         raise ConfigError(f"data={spec!r} is not one of {list(DATA_CHOICES)} (DIR: the folder that holds the images)")
-    return ImageData(name=name, root=root.strip(), img_size=like.img_size,  # type: ignore[arg-type]  # checked above
-                     val_size=like.val_size)
+    # the folder as an absolute path: a chapter runs in chapters/, a command in the checkout, one key for both;
+    # held-out images capped at the set's default, so STL-10's 5,000 training images keep most of theirs
+    return ImageData(name=name, root=str(Path(root.strip()).expanduser().resolve()),  # type: ignore[arg-type]
+                     img_size=like.img_size, val_size=min(like.val_size, _REAL_VAL_SIZE))
+
+
+def same_data(a: str, b: str) -> bool:
+    """Whether two data options (:func:`parse_data`'s specs) name the same images: the same named set
+    wherever it was downloaded (``cifar10:/data`` and ``cifar10:/content/data``), but a ``folder`` only
+    at the same place."""
+    (na, _, ra), (nb, _, rb) = (s.strip().partition(":") for s in (a, b))
+    if na != nb:
+        return False
+    return na != "folder" or Path(ra.strip()).expanduser().resolve() == Path(rb.strip()).expanduser().resolve()
 
 
 def data_spec(data: DataConfig) -> str:

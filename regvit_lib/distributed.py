@@ -82,7 +82,8 @@ def check_run(run: RunConfig, world: World) -> None:
 
     Raises:
         ConfigError: the batch does not divide over the processes (in pairs with Mixup/CutMix), or the
-            run uses a part whose randomness or loss is not split per image (drop-path, DINO, A-ViT).
+            run uses a part whose randomness or loss is not split per image (drop-path, and
+            :func:`whole_batch_losses`: DINO, A-ViT).
     """
     if world.size == 1:
         return
@@ -92,11 +93,18 @@ def check_run(run: RunConfig, world: World) -> None:
         raise ConfigError(f"batch_size={b} does not split over {world.size} processes"
                           + (" in pairs (Mixup/CutMix)" if pairs == 2 else "")
                           + f": use a multiple of {pairs * world.size}")
-    unsupported = {"drop_path_rate > 0": run.model.drop_path_rate > 0, "objective='dino'": cfg.objective == "dino",
-                   "variant A-ViT": isinstance(run.model.variant, AViT)}
-    if bad := [name for name, hit in unsupported.items() if hit]:
+    if bad := (["drop_path_rate > 0"] if run.model.drop_path_rate > 0 else []) + whole_batch_losses(run):
         raise ConfigError(f"{', '.join(bad)} is not split over processes yet (its random draws or its loss span "
                           f"the whole batch); train this run in one process")
+
+
+def whole_batch_losses(run: RunConfig) -> list[str]:
+    """The parts of ``run`` whose loss reads the whole batch at once, so that splitting the batch (over
+    processes, or into micro-batches) changes the gradient: DINO's centre and teacher, A-ViT's halting
+    prior (a mean over the batch). Empty for a run whose loss is a mean of per-image terms."""
+    parts = {"DINO (its centre and teacher)": run.train.objective == "dino",
+             "variant A-ViT (its halting prior)": isinstance(run.model.variant, AViT)}
+    return [name for name, hit in parts.items() if hit]
 
 
 def positions(batch_size: int, world: World, paired: bool = False) -> np.ndarray:

@@ -42,7 +42,7 @@ import pandas as pd
 
 from .analysis import collect, top_token_placement
 from .cache import Store, cached, code_version
-from .config import ConfigError, FractalConfig, RunConfig, ScenesConfig
+from .config import ConfigError, FractalConfig, RunConfig, ScenesConfig, same_data
 from .profiles import PROFILES, Profile, add_arguments, from_arguments, get_profile
 from .data import labelled, make_source
 from .scenes import background_patches
@@ -194,13 +194,18 @@ def load_study(path: Path | str) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
-def stored_study(profile: str, folder: Path | str = STUDY_DIR,
-                 root: Path | str | None = None) -> tuple[dict[str, Any], Path]:
+def stored_study(profile: str, folder: Path | str = STUDY_DIR, root: Path | str | None = None,
+                 data: str | None = None) -> tuple[dict[str, Any], Path]:
     """The stored study of ``profile``, or of ``cpu`` when there is none for it (e.g. ``smoke``), with
     every row whose run is in this build's cache (the same key: configuration and code) rebuilt
     from that run, so that a chapter never shows two numbers for one run: training on another
     machine gives other numbers (floating-point order), and the run trained here is the one the
     other chapters show.
+
+    Args:
+        data: the data option the study must have been made on (``Profile.data_spec``); a file made
+            on other images (another ``folder``: every folder's profile is ``<profile>-folder``) is
+            not this study. ``None``: any.
 
     Returns:
         The document and the file it came from; the document's ``"profile"`` says which scale
@@ -209,16 +214,17 @@ def stored_study(profile: str, folder: Path | str = STUDY_DIR,
         build"``, the others ``"stored"``).
     """
     folder = Path(folder)
-    base, _, data = profile.partition("-")  # "cpu-cifar10": cpu's model and recipe on other images
-    fallback = () if data else (folder / "cpu.json",)  # the scenes' study stands in only for scenes
+    base, _, label = profile.partition("-")  # "cpu-cifar10": cpu's model and recipe on other images
+    fallback = () if label else (folder / "cpu.json",)  # the scenes' study stands in only for scenes
     for path in (folder / f"{profile}.json", *fallback):
         if path.is_file():
             doc = load_study(path)
-            break
+            if data is None or same_data(doc.get("data", "scenes"), data):
+                break
     else:
-        how = f" --data {data}:DIR" if data else ""
-        raise FileNotFoundError(f"no stored study of {profile!r} in {folder}; run: python -m regvit_lib.emergence "
-                                f"--profile {base}{how}")
+        how = f" --data {data or (label if label == 'fractals' else label + ':DIR')}" if label else ""
+        raise FileNotFoundError(f"no stored study of {profile!r}{f' on {data}' if data else ''} in {folder}; run: "
+                                f"python -m regvit_lib.emergence --profile {base}{how}")
     try:  # the study's own profile and data ("cpu-cifar10" is cpu on cifar10:DIR)
         made = get_profile(doc["profile"].split("-", 1)[0], doc.get("data"))
         runs = {label: run for _, label, run in study_points(made)}
@@ -265,7 +271,7 @@ def study_for(profile: Profile, rerun: bool = False, folder: Path | str = STUDY_
     """
     if not rerun:
         try:
-            doc, path = stored_study(profile.name, folder, root)
+            doc, path = stored_study(profile.name, folder, root, profile.data_spec)
             return doc, f"{path.name} in {Path(folder).name}/, {len(doc['replaced'])} rows from this build's own runs"
         except FileNotFoundError:
             if profile.name in PROFILES:  # a stored study belongs to every scenes profile: a lost file is an error

@@ -30,7 +30,7 @@ from .cache import atomic_write
 from .claims import claims_path
 from .conclusion import claims_rows
 from .exhibits import _exhibit_name, exhibits_dir
-from .profiles import default_profile_name
+from .profiles import default_build_name
 
 __all__ = ["PRECISION", "CLAIM_COLUMNS", "escape", "latex_table", "export", "main"]
 
@@ -193,10 +193,10 @@ def main(argv: list[str] | None = None) -> None:
     """The command line: ``python -m regvit_lib.export --out thesis/ [--profile P]``."""
     ap = argparse.ArgumentParser(description="Export a built book's figures, tables and claims for a thesis.")
     ap.add_argument("--out", default="thesis", help="the folder to write (default: thesis)")
-    ap.add_argument("--profile", default=None, help="the built profile (default: $REGVIT_PROFILE, else cpu)")
+    ap.add_argument("--profile", default=None, help="the built profile, on other images <profile>-<data> (default: $REGVIT_PROFILE on $REGVIT_DATA, else cpu)")
     args = ap.parse_args(argv)
     try:
-        export(args.out, args.profile or default_profile_name())
+        export(args.out, args.profile or default_build_name())
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"export: {err}") from err
 

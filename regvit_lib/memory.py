@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from .config import ConfigError, RunConfig
+from .distributed import whole_batch_losses
 from .model import build_model, count_parameters
 
 __all__ = ["USABLE", "step_bytes", "largest_batch", "accumulation"]
@@ -53,8 +54,8 @@ def accumulation(run: RunConfig, total_bytes: int, processes: int = 1, device_na
     (gradient accumulation: the same gradient as one step on the share, up to summation order).
 
     Raises:
-        ConfigError: not even the smallest even split fits, or the run cannot accumulate (DINO's
-            centre and teacher read the whole batch at once): naming the memory needed and available
+        ConfigError: not even the smallest even split fits, or the run cannot accumulate (its loss
+            reads the whole batch at once: :func:`~regvit_lib.distributed.whole_batch_losses`): naming the memory needed and available
             and the batch that would fit (per process, and in all).
     """
     local = run.train.batch_size // processes
@@ -63,9 +64,10 @@ def accumulation(run: RunConfig, total_bytes: int, processes: int = 1, device_na
     if need <= limit:
         return 1
     fits = largest_batch(run, limit, half)
-    if fits >= 1 and run.train.objective != "dino":
+    whole = whole_batch_losses(run)
+    if fits >= 1 and not whole:
         return next(a for a in range(2, local + 1) if local % a == 0 and local // a <= fits)
-    why = "DINO's centre and teacher read the whole batch: no gradient accumulation; " if fits else ""
+    why = f"{', '.join(whole)} reads the whole batch at once: no gradient accumulation; " if fits else ""
     raise ConfigError(f"a training step of batch_size={run.train.batch_size} ({local} images per process) needs "
                       f"about {need / 2**30:.1f} GiB; {device_name} has {total_bytes / 2**30:.1f} GiB "
                       f"({USABLE:.0%} usable): {why}a batch of {fits} per process ({fits * processes} in all) would "

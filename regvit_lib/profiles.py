@@ -27,7 +27,8 @@ from .config import (ConfigError, DataConfig, ImageData, ModelConfig, RunConfig,
                      _check_ints, data_label, data_spec, parse_data)
 
 __all__ = ["PRETRAINED", "resolve", "alias_of", "has_registers", "patch_size", "twin", "PretrainedSet", "Profile",
-           "PROFILES", "PROFILE_ENV_VAR", "DATA_ENV_VAR", "default_profile_name", "default_data", "get_profile", "add_arguments",
+           "PROFILES", "PROFILE_ENV_VAR", "DATA_ENV_VAR", "default_profile_name", "default_data", "default_build_name", "get_profile",
+           "add_arguments",
            "from_arguments"]
 
 
@@ -169,7 +170,7 @@ class Profile:
             classes = make_source(data).num_classes
         else:
             classes = data.num_classes
-        return replace(base, name=f"{base.name}-{data_label(data)}", data=data,
+        return replace(base, name=_name_on(base, data), data=data,
                        description=f"{base.description}; on {data_spec(data)} instead of the scenes",
                        model=replace(base.model, num_classes=classes))
 
@@ -289,6 +290,19 @@ def default_profile_name() -> str:
         raise ConfigError(f"environment variable {PROFILE_ENV_VAR}={name!r} names no profile; "
                           f"known profiles: {sorted(PROFILES)}")
     return name
+
+
+def default_build_name() -> str:
+    """The name a chapter run with no injected parameters writes its claims, exhibits and times under:
+    ``$REGVIT_PROFILE`` on ``$REGVIT_DATA`` (``cpu``, ``cpu-cifar10``), named as :meth:`Profile.with_data`
+    names it, without opening the images."""
+    base = PROFILES[default_profile_name()]
+    return _name_on(base, parse_data(default_data(), base.scenes))
+
+
+def _name_on(base: Profile, data: DataConfig) -> str:
+    """The name of profile ``base`` on ``data``: its own on its scenes, else ``<profile>-<data>``."""
+    return base.name if data == base.data else f"{base.name}-{data_label(data)}"
 
 
 def add_arguments(ap: argparse.ArgumentParser, profile: str | None = None) -> None:

@@ -203,6 +203,9 @@ def train(run: RunConfig, *, root: Path | str | None = None, device: str | torch
             step, up to summation order, in less memory). Default: 1 on a CPU; on a GPU the fewest
             that fit in its memory (:func:`regvit_lib.memory.accumulation`), which stops with the
             batch that would fit when none does. Not part of the cache key, like the process count.
+            Drop-path draws its masks per micro-batch (the same law as one pass, other draws); a
+            loss that reads the whole batch (:func:`~regvit_lib.distributed.whole_batch_losses`:
+            DINO, A-ViT) is refused.
 
     Returns:
         The :class:`TrainedRun`, with the model in eval mode on ``device``.
@@ -238,8 +241,9 @@ def train(run: RunConfig, *, root: Path | str | None = None, device: str | torch
     accumulate = 1 if accumulate is None else accumulate
     if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1 or local % accumulate:
         raise ConfigError(f"accumulate={accumulate!r} must be an int >= 1 that divides the {local} images per process")
-    if accumulate > 1 and run.train.objective == "dino":
-        raise ConfigError("accumulate > 1: DINO's centre and teacher read the whole batch at once; train it in one pass")
+    if accumulate > 1 and (whole := distributed.whole_batch_losses(run)):
+        raise ConfigError(f"accumulate={accumulate}: {', '.join(whole)} reads the whole batch at once; "
+                          "train it in one pass")
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if dev.type == "cuda" else []):
         return _fit(run, store, dev, show and world.main, on_step, t0, world, accumulate)
 

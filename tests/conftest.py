@@ -7,8 +7,9 @@ import torch
 
 
 @pytest.fixture(autouse=True)
-def _deterministic() -> None:
+def _deterministic(monkeypatch) -> None:
     torch.manual_seed(0)
+    monkeypatch.delenv("REGVIT_DATA", raising=False)  # the scenes, whatever images the shell points at
 
 
 @pytest.fixture

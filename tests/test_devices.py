@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from regvit_lib import ConfigError, chapter_params, get_profile, train
+from regvit_lib.config import AViT
 from regvit_lib import prepare
 
 train_module = importlib.import_module("regvit_lib.train")  # the module: regvit_lib.train is the function
@@ -81,6 +82,8 @@ def test_a_step_that_does_not_fit_is_accumulated_or_stops_before_training_with_t
     with pytest.raises(ConfigError, match=r"batch_size=16 \(8 images per process\) needs about .* GiB; a T4 has "
                                           r".*DINO.*no gradient accumulation; a batch of \d+ per process"):
         accumulation(dino, total_bytes=limit, processes=2, device_name="a T4")
+    with pytest.raises(ConfigError, match=r"variant A-ViT \(its halting prior\) reads the whole batch at once: no gradient"):
+        accumulation(replace(RUN, model=replace(RUN.model, variant=AViT())), total_bytes=limit)
     tiny = int(fixed / 0.85)  # not even one image
     with pytest.raises(ConfigError, match=r"a batch of 0 per process \(0 in all\) would fit"):
         accumulation(RUN, total_bytes=tiny, device_name="a T4")
@@ -97,3 +100,7 @@ def test_gradient_accumulation_trains_what_one_pass_trains(tmp_path) -> None:
         assert [c["train_loss"] for c in one.curves] == pytest.approx([c["train_loss"] for c in four.curves], abs=1e-5)
     with pytest.raises(ConfigError, match=r"accumulate=3 must be an int >= 1 that divides the 16 images"):
         train(replace(RUN, seed=9), root=tmp_path / "x", progress=False, accumulate=3)
+    avit = replace(RUN, model=replace(RUN.model, variant=AViT()))  # its halting prior is a mean over the batch
+    with pytest.raises(ConfigError, match=r"accumulate=2: variant A-ViT \(its halting prior\) reads the whole batch at once"):
+        train(avit, root=tmp_path / "x", progress=False, accumulate=2)
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").rglob("*.pt"))  # refused before training

@@ -2,14 +2,15 @@
 written by the test stands in for CIFAR-10 / STL-10 / Imagenette (class labels only, so every probe
 that needs masks, segmentation, depth or boxes says "no labels")."""
 
+import json
 import math
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from regvit_lib import ablations, claims, emergence, measure
-from regvit_lib.config import ConfigError, ImageData, parse_data
+from regvit_lib import ablations, claims, compare, emergence, measure
+from regvit_lib.config import ConfigError, ImageData, parse_data, same_data
 from regvit_lib.data import labelled
 from regvit_lib.params import chapter_params
 from regvit_lib.prepare import main as prepare_main
@@ -141,8 +142,57 @@ def test_the_register_grid_on_real_images_says_no_labels_where_it_has_none(folde
     grid = ablations.register_grid(P, images=32)
     assert set(grid["registers"]) == set(P.register_counts) and grid["classification"].between(0, 1).all()
     texts = ablations.grid_texts(ablations.grid_summary(grid), {"device": "cpu", "slowdown_pct": {"4": 1.0}})
-    assert texts["abl_best_miou"] == texts["abl_best_rmse"] == "(no labels in these images)"
-    assert texts["abl_best_acc"] in {str(c) for c in P.register_counts}
+    assert texts["abl_best_miou"] == texts["abl_best_rmse"] == "no count (these images have no labels for it)"
+    assert texts["abl_best_acc"] in {f"{c} register{'' if c == 1 else 's'}" for c in P.register_counts}
     entries = claims.ablation_claims(grid.to_dict("records"))
     assert claims.verdict("A2", entries["A2"])[0] == claims.NO_LABELS
     assert claims.verdict("A3", entries["A3"])[0] != claims.NO_LABELS
+
+
+def test_a_folder_is_one_place_whatever_the_working_folder(folder, monkeypatch) -> None:
+    """A chapter runs in chapters/, a command in the checkout: a relative folder is made absolute at
+    the door, so both find the images and share one cache key; a named set is the same set anywhere,
+    a folder only at the same place."""
+    monkeypatch.chdir(folder.parent)
+    rel = parse_data(f"folder:{folder.name}", SMOKE.scenes)
+    assert isinstance(rel, ImageData) and rel.root == str(folder.resolve())
+    assert rel == parse_data(f"folder:{folder}", SMOKE.scenes)
+    assert same_data(f"folder:{folder.name}", f"folder:{folder}")
+    assert not same_data(f"folder:{folder}", f"folder:{folder / 'train'}")
+    assert same_data("cifar10:/data", "cifar10:/content/data") and not same_data("cifar10:/d", "stl10:/d")
+    assert same_data("scenes", "scenes") and not same_data("scenes", "fractals")
+    # a real set gives up at most 1,000 held-out images: STL-10's 5,000 keep 4,000 for training at the gpu profile
+    assert parse_data("stl10:/d", get_profile("gpu").scenes).val_size == 1_000
+    assert parse_data("stl10:/d", SMOKE.scenes).val_size == SMOKE.scenes.val_size
+
+
+def test_a_study_or_comparison_of_another_folder_is_not_shown_as_this_ones(folder, cache, tmp_path,
+                                                                           monkeypatch) -> None:
+    """Every folder's profile is <profile>-folder: a file committed from another folder is shown among
+    the other machines' studies, never as the reader's own; the reader's own is run instead."""
+    P = get_profile("smoke", f"folder:{folder}")
+    other = {"profile": P.name, "data": f"folder:{tmp_path / 'elsewhere'}", "k": 4.0, "command": "x", "rows": []}
+    (tmp_path / f"{P.name}.json").write_text(json.dumps(other))
+    with pytest.raises(FileNotFoundError, match=rf"no stored study of 'smoke-folder' on folder:{folder}"):
+        emergence.stored_study(P.name, tmp_path, data=P.data_spec)
+    assert emergence.stored_study(P.name, tmp_path)[0]["data"] == other["data"]  # any data: the file as stored
+    ran: list[str] = []
+    monkeypatch.setattr(emergence, "run_study", lambda prof, root=None, **kw: ran.append(prof.name) or [{"label": "r"}])
+    doc, source = emergence.study_for(P, folder=tmp_path)
+    assert ran == [P.name] and doc["rows"] == [{"label": "r"}] and doc["data"] == P.data_spec
+    assert source.startswith("this build")
+    (tmp_path / f"{P.name}.json").write_text(json.dumps({**other, "data": P.data_spec}))
+    doc, source = emergence.study_for(P, folder=tmp_path)  # its own folder's file: shown as stored
+    assert ran == [P.name] and source.startswith(f"{P.name}.json") and doc["replaced"] == []
+    with pytest.raises(FileNotFoundError, match=r"--profile smoke --data fractals$"):
+        emergence.stored_study("smoke-fractals", tmp_path)
+    # the comparison: the same rule, and its measurements on the photographs
+    (tmp_path / "cmp").mkdir()
+    (tmp_path / "cmp" / f"{P.name}.json").write_text(json.dumps({**other, "code": None}))
+    doc = compare.load_or_run(P, folder=tmp_path / "cmp", methods=["vit", "registers"], seeds=2, images=16,
+                              workers=1)
+    assert doc["source"].startswith("this build") and doc["data"] == P.data_spec
+    rows = {r["method"]: r for r in doc["rows"]}
+    assert set(rows) == {"vit", "registers"} and all(0 <= r["test_acc"] <= 1 for r in rows.values())
+    assert all(math.isnan(r["corloc"]) and math.isnan(r["segmentation_miou"]) and r["ratio_mean"] >= 1
+               for r in rows.values())  # no boxes, no segmentation: NaN, the norms measured

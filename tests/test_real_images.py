@@ -196,3 +196,17 @@ def test_a_study_or_comparison_of_another_folder_is_not_shown_as_this_ones(folde
     assert set(rows) == {"vit", "registers"} and all(0 <= r["test_acc"] <= 1 for r in rows.values())
     assert all(math.isnan(r["corloc"]) and math.isnan(r["segmentation_miou"]) and r["ratio_mean"] >= 1
                for r in rows.values())  # no boxes, no segmentation: NaN, the norms measured
+
+
+def test_make_thesis_and_the_build_log_name_the_build_with_its_data(folder, monkeypatch) -> None:
+    from regvit_lib.profiles import default_build_name
+
+    monkeypatch.setenv("REGVIT_PROFILE", "smoke")
+    assert default_build_name() == "smoke"
+    monkeypatch.setenv("REGVIT_DATA", f"folder:{folder}")
+    assert default_build_name() == get_profile("smoke", f"folder:{folder}").name == "smoke-folder"
+    monkeypatch.setenv("REGVIT_DATA", "fractals")
+    assert default_build_name() == "smoke-fractals"
+    monkeypatch.setenv("REGVIT_DATA", "photos")
+    with pytest.raises(ConfigError, match=r"data='photos' is not one of"):
+        default_build_name()

@@ -479,10 +479,13 @@ class TrainConfig:
     knn_images: int = 2_048  # DINO: labelled training images in the k-NN evaluation's bank
     amp: Switch = "auto"  # 16-bit autocast, "auto" = on CUDA only: bf16, or fp16 + scaler (train.precision)
     compile: Switch = "auto"  # torch.compile: "auto" = on CUDA only
+    cpu_threads: int = 1  # torch threads a run trains with on a CPU: part of the recipe, as the order of the
+    # float sums, and so the trained weights, change with it (1: prepare trains one run per core)
 
     def __post_init__(self) -> None:
         _check_ints(self, {"steps": 1, "batch_size": 1, "warmup_steps": 0, "eval_every": 1, "eval_images": 1,
-                           "stats_images": 1, "checkpoint_every": 1, "dino_dim": 2, "knn_images": 1})
+                           "stats_images": 1, "checkpoint_every": 1, "dino_dim": 2, "knn_images": 1,
+                           "cpu_threads": 1})
         for name in ("lr", "min_lr", "weight_decay", "grad_clip", "mixup", "cutmix"):
             _check_range(name, getattr(self, name), 0.0, math.inf)
         _check_range("label_smoothing", self.label_smoothing, 0.0, 1.0)

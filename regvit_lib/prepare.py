@@ -7,8 +7,9 @@ register count of the profile for each of its seeds, which also holds the pairs 
 compare, :func:`regvit_lib.measure.seed_runs`) and the widths of Fig. 4c
 (:func:`regvit_lib.measure.size_runs`).
 
-On a CPU they train in parallel worker processes, one per core and one thread each: small models
-use one core far better than two (README, "Build time"). The largest go first; one progress bar
+On a CPU they train in parallel worker processes, one per core, each run with the one thread of its
+recipe (``TrainConfig.cpu_threads``: the thread count changes a run's numbers, so it is part of it):
+small models use one core far better than two (README, "Build time"). The largest go first; one progress bar
 counts the training FLOPs of them all, with the time left. A GPU trains them one after another.
 A run that is already in the cache costs nothing; an interrupted one resumes from its checkpoint.
 
@@ -61,10 +62,6 @@ def describe(run: RunConfig) -> str:
     method = type(m.variant).__name__ if m.variant is not None else (m.attention if m.attention != "softmax" else "ViT")
     return (f"{method}, width {m.embed_dim}, depth {m.depth}, {m.num_registers} registers, seed {run.seed}, "
             f"{run.train.steps} steps")
-
-
-def _start_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
 
 
 def _train_one(run: RunConfig, root: Path | str | None, index: int, steps: Any, device: str | None) -> dict[str, Any]:
@@ -123,7 +120,7 @@ def train_all(runs: list[RunConfig], workers: int | None = None, root: Path | st
                   mininterval=2.0, desc=f"training {len(todo)} of {len(stores)} runs ({workers} "
                                         f"worker{'s' * (workers > 1)})",
                   bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} TFLOP [{elapsed}<{remaining}]{postfix}") as bar:
-            results |= _train_todo(todo, workers, cores, root, device, bar)
+            results |= _train_todo(todo, workers, root, device, bar)
     return [results[run] for run in runs]
 
 
@@ -153,7 +150,7 @@ def train_together(runs: list[RunConfig], root: Path | str | None = None, progre
     return world.main
 
 
-def _train_todo(todo: list[RunConfig], workers: int, cores: int, root: Path | str | None, device: str | None,
+def _train_todo(todo: list[RunConfig], workers: int, root: Path | str | None, device: str | None,
                 bar: Any) -> dict[RunConfig, dict[str, Any]]:
     """Train ``todo`` with ``workers`` processes (in this one when 1), moving ``bar`` by FLOPs as steps finish."""
     done: dict[int, dict[str, Any]] = {}
@@ -182,9 +179,7 @@ def _train_todo(todo: list[RunConfig], workers: int, cores: int, root: Path | st
         for i, run in enumerate(todo):
             finished(i, _train_one(run, root, i, steps, device))
     else:
-        threads = max(1, cores // workers)
-        with manager, ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker,
-                                          initargs=(threads,)) as pool:
+        with manager, ProcessPoolExecutor(workers, mp_context=ctx) as pool:  # each run trains with its cpu_threads
             jobs: dict[Future[dict[str, Any]], int] = {pool.submit(_train_one, run, root, i, steps, device): i
                                                        for i, run in enumerate(todo)}
             while len(done) < len(todo):

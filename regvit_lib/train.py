@@ -18,7 +18,11 @@ interrupted one resumes from its last checkpoint and ends bit-for-bit where an u
 run would (on the same device), a corrupt file is set aside and only that run is retrained.
 Determinism comes from making every random choice a function of ``(seed, step)``: the batch
 indices, the flips and mixes, and the global RNG that drop-path draws from are all re-seeded
-at each step.
+at each step. On a CPU the run also trains with its own number of threads
+(``TrainConfig.cpu_threads``, whatever the caller's): a matrix product split over another number of
+threads adds its terms in another order, and over hundreds of steps that rounding grows into other
+weights. So a seed gives the same run whether ``prepare``'s one-thread workers, a chapter or a test
+trained it.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -244,8 +249,21 @@ def train(run: RunConfig, *, root: Path | str | None = None, device: str | torch
     if accumulate > 1 and (whole := distributed.whole_batch_losses(run)):
         raise ConfigError(f"accumulate={accumulate}: {', '.join(whole)} reads the whole batch at once; "
                           "train it in one pass")
-    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if dev.type == "cuda" else []):
+    with (torch.random.fork_rng(devices=[torch.cuda.current_device()] if dev.type == "cuda" else []),
+          _threads(run.train.cpu_threads if dev.type == "cpu" else None)):
         return _fit(run, store, dev, show and world.main, on_step, t0, world, accumulate)
+
+
+@contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch threads, then give the caller back its own (``None``: leave them)."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _fit(run: RunConfig, store: Store, dev: torch.device, show: bool, on_step: Callable[[int], None] | None,
